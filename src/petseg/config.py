@@ -1,0 +1,69 @@
+"""Run configuration as frozen dataclasses; command-line defaults come from here."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from petseg.errors import PetsegError
+
+DEFAULT_DATA_PATH = Path("data/oxford-iiit-pet")
+DEFAULT_UNET_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_path: Path = DEFAULT_DATA_PATH
+    image_size: int = 256
+    num_workers: int = 2
+    mirror: str | None = None  # base URL to download the archives from instead of Oxford's
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model_type: str = "unet"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments of the model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    model_path: Path = Path("runs/unet.pt")
+    epochs: int = 50
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    device: str = "auto"
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch_size must be at least 1, got {self.batch_size}"),
+            (
+                self.learning_rate > 0,
+                f"--learning-rate must be positive, got {self.learning_rate}",
+            ),
+            (
+                self.data.image_size >= 32,
+                f"--image_size must be at least 32, got {self.data.image_size}",
+            ),
+            (self.data.num_workers >= 0, "--num_workers cannot be negative"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PetsegError(message)
+
+
+def to_plain(config: Any) -> Any:
+    """A dataclass as nested dicts of plain values (paths as strings), safe for weights_only loads."""
+    if hasattr(config, "__dataclass_fields__"):
+        config = asdict(config)
+    if isinstance(config, dict):
+        return {key: to_plain(value) for key, value in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [to_plain(value) for value in config]
+    if isinstance(config, Path):
+        return str(config)
+    return config

@@ -1,0 +1,8 @@
+"""The one exception type that the command line turns into a one-line message."""
+
+
+class PetsegError(Exception):
+    """A user error (bad input, missing data, unusable checkpoint): reported without a traceback.
+
+    The message is a single line that names the file or value at fault and what to do about it.
+    """
