@@ -1,0 +1,1 @@
+"""Oxford-IIIT Pet data: layout and splits, paired transforms, download."""

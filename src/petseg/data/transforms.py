@@ -1,0 +1,73 @@
+"""Paired (image, mask) pipelines: albumentations applies one geometry to both, so they never drift."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# The training pipeline resizes to this factor of the size, then crops a random window.
+TRAIN_RESIZE_FACTOR = 1.12
+
+
+class PairTransform:
+    """Callable (uint8 image (H, W, 3), uint8 mask (H, W)) -> (float (3, S, S), float (1, S, S))."""
+
+    def __init__(self, pipeline: A.Compose) -> None:
+        self.pipeline = pipeline
+
+    def set_seed(self, seed: int) -> None:
+        """Seed the augmentation RNG (albumentations keeps its own, apart from numpy and torch)."""
+        self.pipeline.set_random_seed(seed)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.pipeline(image=image, mask=mask)
+        image_t = torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+        mask_t = torch.from_numpy(np.ascontiguousarray(out["mask"]))[None].float()
+        return image_t, mask_t
+
+    def image_only(self, image: np.ndarray) -> torch.Tensor:
+        """The image half of the pipeline, for inference on photos without masks."""
+        out = self.pipeline(image=image)
+        return torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
+
+
+def _normalize(mean: Sequence[float], std: Sequence[float]) -> A.Normalize:
+    return A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)
+
+
+def train_transform(
+    size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    seed: int | None = None,
+) -> PairTransform:
+    """The lab's augmentation: resize to ~1.12x, random crop to size, horizontal flip, normalize."""
+    resized = round(size * TRAIN_RESIZE_FACTOR)
+    pipeline = A.Compose(
+        [
+            A.Resize(resized, resized, interpolation=cv2.INTER_LINEAR),
+            A.RandomCrop(size, size),
+            A.HorizontalFlip(p=0.5),
+            _normalize(mean, std),
+        ],
+        seed=seed,
+    )
+    return PairTransform(pipeline)
+
+
+def eval_transform(
+    size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> PairTransform:
+    """Resize image (bilinear) and mask (nearest) to size x size, normalize the image."""
+    pipeline = A.Compose(
+        [A.Resize(size, size, interpolation=cv2.INTER_LINEAR), _normalize(mean, std)]
+    )
+    return PairTransform(pipeline)
