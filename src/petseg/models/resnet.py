@@ -1,0 +1,87 @@
+"""ResNet34 encoder from scratch (He et al. 2016), returning its feature maps for a UNet decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual connection; a 1x1 projection when the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.downsample(x))
+
+
+class ResNetEncoder(nn.Module):
+    """7x7 stride-2 stem, 3x3 max-pool, then BasicBlock stages.
+
+    forward returns features from high to low resolution: the stem at 1/2, then each stage
+    (1/4, 1/8, 1/16, 1/32 for four stages); ``out_channels`` lists their channel counts.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        layers: Sequence[int] = (3, 4, 6, 3),
+        widths: Sequence[int] = (64, 128, 256, 512),
+    ) -> None:
+        super().__init__()
+        if len(layers) != len(widths):
+            raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)} differ in length")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        stages = []
+        in_width = widths[0]
+        for index, (blocks, width) in enumerate(zip(layers, widths, strict=True)):
+            stages.append(self._make_stage(in_width, width, blocks, stride=1 if index == 0 else 2))
+            in_width = width
+        self.stages = nn.ModuleList(stages)
+        self.out_channels: tuple[int, ...] = (widths[0], *widths)
+        self._init_weights()
+
+    @staticmethod
+    def _make_stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
+        first = BasicBlock(in_channels, out_channels, stride)
+        rest = (BasicBlock(out_channels, out_channels) for _ in range(blocks - 1))
+        return nn.Sequential(first, *rest)
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        # Zero the last BN of each residual branch so every block starts as an identity,
+        # which helps training from scratch (Goyal et al. 2017).
+        for module in self.modules():
+            if isinstance(module, BasicBlock):
+                nn.init.zeros_(module.bn2.weight)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        features = [self.stem(images)]
+        x = self.pool(features[0])
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features

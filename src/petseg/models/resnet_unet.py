@@ -1,0 +1,45 @@
+"""UNet whose encoder is a ResNet34 written from scratch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from petseg.models.blocks import DecoderBlock
+from petseg.models.resnet import ResNetEncoder
+
+
+class ResNet34UNet(nn.Module):
+    """ResNet34 encoder, a decoder block per encoder feature (deepest first, each using the next
+    shallower feature as its skip), one last block back to the input resolution, a 1x1 head.
+
+    With the default decoder widths (256, 128, 64, 32, 16): about 24.4 M parameters.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1,
+        decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
+    ) -> None:
+        super().__init__()
+        self.encoder = ResNetEncoder(in_channels, layers=(3, 4, 6, 3))
+        skips = self.encoder.out_channels[:-1][::-1]  # (256, 128, 64, 64): 1/16 .. 1/2
+        if len(decoder_widths) != len(skips) + 1:
+            raise ValueError(f"decoder_widths needs {len(skips) + 1} values, got {decoder_widths}")
+        decoder_in = (self.encoder.out_channels[-1], *decoder_widths[:-1])
+        self.decoder = nn.ModuleList(
+            DecoderBlock(c_in, skip, c_out, upsample="nearest")
+            for c_in, skip, c_out in zip(decoder_in, (*skips, 0), decoder_widths, strict=True)
+        )
+        self.head = nn.Conv2d(decoder_widths[-1], num_classes, kernel_size=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(images)
+        x = features[-1]
+        skips: list[torch.Tensor | None] = [*features[:-1][::-1], None]
+        for block, skip in zip(self.decoder, skips, strict=True):
+            x = block(x, skip, size=images.shape[-2:])
+        return self.head(x)  # (N, num_classes, H, W) logits

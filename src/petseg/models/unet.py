@@ -1,0 +1,52 @@
+"""The classic UNet (Ronneberger et al. 2015) as in the lab report, with BatchNorm."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from petseg.models.blocks import DecoderBlock, DoubleConv
+
+
+class UNet(nn.Module):
+    """Encoder of DoubleConv + max-pool levels, a bottleneck doubling the widest width, a decoder of
+    ConvTranspose2d + skip concatenation + DoubleConv, and a 1x1 head returning logits.
+
+    Any input height and width works: odd sizes are handled by padding in the decoder.
+    Default widths (64, 128, 256, 512) give about 31.0 M parameters.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1,
+        widths: Sequence[int] = (64, 128, 256, 512),
+    ) -> None:
+        super().__init__()
+        widths = tuple(int(width) for width in widths)
+        if not widths or any(width < 2 or width % 2 for width in widths):
+            raise ValueError(f"UNet widths must be even and >= 2, got {widths}")
+        self.widths = widths
+        self.stem = DoubleConv(in_channels, widths[0])
+        self.pool = nn.MaxPool2d(2)
+        self.down = nn.ModuleList(
+            DoubleConv(widths[i], widths[i + 1]) for i in range(len(widths) - 1)
+        )
+        self.bottleneck = DoubleConv(widths[-1], widths[-1] * 2)
+        decoder_in = (widths[-1] * 2, *reversed(widths[1:]))
+        self.up = nn.ModuleList(
+            DecoderBlock(c_in, skip, skip, upsample="transpose")
+            for c_in, skip in zip(decoder_in, reversed(widths), strict=True)
+        )
+        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        skips = [self.stem(images)]
+        for down in self.down:
+            skips.append(down(self.pool(skips[-1])))
+        x = self.bottleneck(self.pool(skips[-1]))
+        for up, skip in zip(self.up, reversed(skips), strict=True):
+            x = up(x, skip)
+        return self.head(x)  # (N, num_classes, H, W) logits
