@@ -1,0 +1,115 @@
+"""Checkpoints: atomic save, pickle-free load, and rebuilding the model from the metadata.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(path, weights_only=True)`` and holds everything ``evaluate`` and ``predict`` need.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from petseg import __version__
+from petseg.errors import PetsegError
+from petseg.files import atomic_writer
+from petseg.models import MODELS, build_model
+
+CHECKPOINT_FORMAT = "petseg-checkpoint"
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("model_type", "model_kwargs", "state_dict", "image_size", "normalization")
+
+
+def last_checkpoint_path(model_path: Path) -> Path:
+    """The every-epoch checkpoint beside the best one: runs/r34.pt -> runs/r34.last.pt."""
+    return model_path.with_name(f"{model_path.stem}.last{model_path.suffix or '.pt'}")
+
+
+def history_path(model_path: Path) -> Path:
+    """The per-epoch history beside the checkpoint: runs/r34.pt -> runs/r34.history.csv."""
+    return model_path.with_name(f"{model_path.stem}.history.csv")
+
+
+def make_checkpoint(
+    model: nn.Module,
+    *,
+    model_type: str,
+    model_kwargs: dict[str, Any],
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The checkpoint dict; `extra` holds training state (epoch, best_dice, optimizer, config...)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "petseg_version": __version__,
+        "model_type": model_type,
+        "model_kwargs": model_kwargs,
+        "state_dict": model.state_dict(),
+        "image_size": image_size,
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "threshold": 0.5,
+        **extra,
+    }
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Write atomically: the previous file at `path` survives any failure."""
+    with atomic_writer(path) as handle:
+        torch.save(checkpoint, handle)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with pickle disabled and check it is a petseg checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise PetsegError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise PetsegError(
+            f"{path}: refused to load, it needs unsafe unpickling ({first_line[:160]})"
+        ) from None
+    except Exception as error:  # garbage bytes make the unpickler raise anything
+        text = str(error).strip()
+        reason = text.splitlines()[0][:160] if text else type(error).__name__
+        raise PetsegError(
+            f"{path}: not a readable checkpoint, truncated or corrupt ({reason})"
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise PetsegError(f"{path}: not a petseg checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise PetsegError(f"{path}: petseg checkpoint lacks {', '.join(missing)}")
+    if checkpoint["model_type"] not in MODELS:
+        raise PetsegError(f"{path}: unknown model type {checkpoint['model_type']!r}")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: Path | None = None) -> nn.Module:
+    """Rebuild the architecture from the metadata and load the weights (strictly)."""
+    model = build_model(checkpoint["model_type"], **checkpoint["model_kwargs"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        where = f"{path}: " if path else ""
+        reason = str(error).strip().splitlines()[0][:200]
+        raise PetsegError(
+            f"{where}weights do not fit {checkpoint['model_type']} ({reason})"
+        ) from None
+    return model
+
+
+def check_model_type(checkpoint: dict[str, Any], expected: str | None, path: Path) -> None:
+    """A --model_type given alongside a checkpoint must match it (it is otherwise not needed)."""
+    if expected is not None and checkpoint["model_type"] != expected:
+        raise PetsegError(
+            f"{path}: holds a {checkpoint['model_type']} model, not {expected}; "
+            "drop --model_type, the checkpoint says what it is"
+        )

@@ -1,0 +1,345 @@
+"""The `petseg` command: argparse subcommands, each calling one function.
+
+Every flag is accepted with underscores (the lab scripts' spelling) and with hyphens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from petseg import __version__
+from petseg.config import DEFAULT_DATA_PATH, DEFAULT_UNET_WIDTHS, DataConfig, TrainConfig
+from petseg.errors import PetsegError
+
+MODEL_TYPES = ("unet", "resnet34_unet")  # mirrors petseg.models.MODELS without importing torch
+SPLITS = ("train", "valid", "test")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULTS = TrainConfig()
+
+
+def _number(kind: Callable[[str], Any], minimum: float, strict: bool = False) -> Callable:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if value < minimum or (strict and value == minimum):
+            relation = ">" if strict else ">="
+            raise argparse.ArgumentTypeError(f"must be {relation} {minimum}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _number(int, 1)
+non_negative_int = _number(int, 0)
+positive_float = _number(float, 0.0, strict=True)
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of ints"
+        ) from None
+    if any(width < 2 or width % 2 for width in widths):
+        raise argparse.ArgumentTypeError(f"widths must be even numbers >= 2, got {text}")
+    return widths
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, *extra: str, **kwargs: Any) -> None:
+    """Add --name with both spellings, e.g. --data_path and --data-path."""
+    spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}", *extra])
+    parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+def _add_runtime_flags(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    _flag(
+        parser,
+        "batch_size",
+        type=positive_int,
+        default=batch_size,
+        help=f"images per batch (default {batch_size})",
+    )
+    _flag(
+        parser,
+        "num_workers",
+        type=non_negative_int,
+        default=DEFAULTS.data.num_workers,
+        help=f"data loading processes (default {DEFAULTS.data.num_workers})",
+    )
+    _flag(
+        parser,
+        "device",
+        choices=DEVICES,
+        default="auto",
+        help="auto = CUDA when available, else CPU (default auto)",
+    )
+
+
+def _add_data_flags(parser: argparse.ArgumentParser, default: Path | None) -> None:
+    _flag(
+        parser,
+        "data_path",
+        type=Path,
+        default=default,
+        help="dataset folder with images/ and annotations/; downloaded when missing"
+        + (f" (default {default})" if default else ""),
+    )
+    _flag(
+        parser,
+        "mirror",
+        default=None,
+        metavar="URL",
+        help="base URL serving images.tar.gz and annotations.tar.gz instead of Oxford's",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="petseg",
+        description="Pet vs background segmentation on Oxford-IIIT Pet (UNet, ResNet34-UNet).",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"petseg {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    download = commands.add_parser(
+        "download", help="download and extract the dataset", allow_abbrev=False
+    )
+    _add_data_flags(download, DEFAULT_DATA_PATH)
+
+    train = commands.add_parser(
+        "train", help="train a model (resumes when --model_path exists)", allow_abbrev=False
+    )
+    _add_data_flags(train, DEFAULT_DATA_PATH)
+    _flag(
+        train,
+        "model_type",
+        choices=MODEL_TYPES,
+        default=None,
+        help="architecture (default unet; when resuming, the checkpoint's)",
+    )
+    _flag(
+        train,
+        "model_path",
+        type=Path,
+        default=None,
+        help="best checkpoint; NAME.last.pt and NAME.history.csv go beside it "
+        "(default runs/MODEL_TYPE.pt)",
+    )
+    _flag(
+        train,
+        "epochs",
+        type=positive_int,
+        default=DEFAULTS.epochs,
+        help=f"total number of epochs, counting resumed ones (default {DEFAULTS.epochs})",
+    )
+    _flag(
+        train,
+        "learning_rate",
+        "--learning-rate",
+        "-lr",
+        type=positive_float,
+        default=DEFAULTS.learning_rate,
+        help=f"Adam learning rate (default {DEFAULTS.learning_rate:g})",
+    )
+    _flag(
+        train,
+        "image_size",
+        type=_number(int, 32),
+        default=DEFAULTS.data.image_size,
+        help=f"square training size in pixels (default {DEFAULTS.data.image_size})",
+    )
+    _flag(
+        train,
+        "seed",
+        type=int,
+        default=DEFAULTS.seed,
+        help=f"random seed (default {DEFAULTS.seed})",
+    )
+    _flag(
+        train,
+        "unet_widths",
+        type=_widths,
+        default=DEFAULT_UNET_WIDTHS,
+        metavar="W1,W2,...",
+        help="unet channel widths per level (default 64,128,256,512)",
+    )
+    _add_runtime_flags(train, DEFAULTS.batch_size)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a checkpoint on a split", allow_abbrev=False
+    )
+    _flag(evaluate, "model_path", type=Path, required=True, help="checkpoint to evaluate")
+    _add_data_flags(evaluate, DEFAULT_DATA_PATH)
+    _flag(evaluate, "split", choices=SPLITS, default="test", help="split to score (default test)")
+    _flag(
+        evaluate,
+        "output",
+        type=Path,
+        default=None,
+        metavar="FILE.json",
+        help="also write the scores and per-image Dice as JSON",
+    )
+    _flag(
+        evaluate,
+        "model_type",
+        choices=MODEL_TYPES,
+        default=None,
+        help="optional: checked against the checkpoint's",
+    )
+    _add_runtime_flags(evaluate, DEFAULTS.batch_size)
+
+    predict = commands.add_parser(
+        "predict", help="write PNG masks for images or a split", allow_abbrev=False
+    )
+    predict.add_argument(
+        "inputs",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help="image files or folders (default: the split of --data_path)",
+    )
+    _flag(predict, "model_path", type=Path, required=True, help="checkpoint to use")
+    _add_data_flags(predict, None)
+    _flag(
+        predict,
+        "split",
+        choices=SPLITS,
+        default="test",
+        help="split of --data_path to predict when no PATH is given (default test)",
+    )
+    _flag(
+        predict,
+        "save_dir",
+        type=Path,
+        default=Path("predictions"),
+        help="folder for the masks (default predictions)",
+    )
+    _flag(
+        predict,
+        "threshold",
+        type=float,
+        default=None,
+        help="probability threshold (default: the checkpoint's, 0.5)",
+    )
+    _flag(
+        predict,
+        "model_type",
+        choices=MODEL_TYPES,
+        default=None,
+        help="optional: checked against the checkpoint's",
+    )
+    _add_runtime_flags(predict, DEFAULTS.batch_size)
+    return parser
+
+
+def run_download(args: argparse.Namespace) -> None:
+    from petseg.data.download import download_dataset
+
+    fetched = download_dataset(args.data_path, args.mirror)
+    if fetched:
+        print(f"downloaded {' and '.join(fetched)} into {args.data_path}")
+    else:
+        print(f"{args.data_path} already holds the dataset; nothing to download")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from petseg.config import ModelConfig
+    from petseg.train import fit
+
+    model_type = args.model_type or "unet"
+    kwargs = {"widths": list(args.unet_widths)} if model_type == "unet" else {}
+    config = TrainConfig(
+        data=DataConfig(args.data_path, args.image_size, args.num_workers, args.mirror),
+        model=ModelConfig(model_type, kwargs),
+        model_path=args.model_path or Path("runs") / f"{model_type}.pt",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        device=args.device,
+        seed=args.seed,
+    )
+    fit(config, model_type_given=args.model_type is not None)
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from petseg.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(
+        args.model_path,
+        args.data_path,
+        split=args.split,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device_name=args.device,
+        mirror=args.mirror,
+        output=args.output,
+        model_type=args.model_type,
+    )
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from petseg.predict import predict_masks
+
+    predict_masks(
+        args.model_path,
+        args.save_dir,
+        inputs=args.inputs,
+        data_path=args.data_path,
+        split=args.split,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device_name=args.device,
+        threshold=args.threshold,
+        mirror=args.mirror,
+        model_type=args.model_type,
+    )
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "download": run_download,
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "predict": run_predict,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        COMMANDS[args.command](args)
+    except PetsegError as error:
+        print(f"petseg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"petseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(
+            f"petseg {args.command}: error: out of memory; try a smaller --batch_size "
+            "or --image_size",
+            file=sys.stderr,
+        )
+        return 1
+    except RuntimeError as error:
+        if "out of memory" not in str(error).lower():
+            raise
+        print(
+            f"petseg {args.command}: error: out of memory; try a smaller --batch_size "
+            "or --image_size",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

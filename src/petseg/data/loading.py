@@ -1,0 +1,58 @@
+"""DataLoaders over the splits, seeded per epoch, and fetching the dataset when it is absent."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from petseg.data.download import download_dataset
+from petseg.data.oxford_pet import missing_archives
+
+
+def ensure_dataset(root: Path, mirror: str | None = None) -> None:
+    """Download the archives whose contents are missing under root (no-op when complete)."""
+    missing = missing_archives(root)
+    if missing:
+        print(
+            f"petseg: {root} lacks the Oxford-IIIT Pet {' and '.join(missing)}; downloading",
+            file=sys.stderr,
+        )
+        download_dataset(root, mirror)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give each worker's augmentation RNG its own seed, derived from the loader's generator."""
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_seed"):
+        transform.set_seed(info.seed % 2**32)
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    num_workers: int,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=drop_last,
+        generator=generator,
+        worker_init_fn=seed_worker if num_workers > 0 else None,
+        persistent_workers=False,
+        collate_fn=collate_fn,
+    )

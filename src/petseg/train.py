@@ -1,0 +1,264 @@
+"""`petseg train`: BCE + Adam training with per-epoch validation, checkpoints and resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from petseg.checkpoint import (
+    history_path,
+    last_checkpoint_path,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from petseg.config import ModelConfig, TrainConfig, to_plain
+from petseg.data.loading import ensure_dataset, make_loader
+from petseg.data.oxford_pet import OxfordPetDataset
+from petseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from petseg.errors import PetsegError
+from petseg.evaluate import LossFn, evaluate_model
+from petseg.files import atomic_write_text, ensure_folder
+from petseg.models import build_model
+from petseg.runtime import resolve_device, seed_everything
+
+HISTORY_FIELDS = (
+    "epoch",
+    "train_loss",
+    "valid_loss",
+    "valid_dice",
+    "valid_dice_dataset",
+    "valid_iou",
+    "learning_rate",
+    "seconds",
+)
+
+
+@dataclass
+class TrainState:
+    """What resume restores besides the weights."""
+
+    model: nn.Module
+    model_config: ModelConfig
+    optimizer: torch.optim.Optimizer
+    start_epoch: int  # epochs already completed
+    best_dice: float
+    history: list[dict[str, Any]]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    device: torch.device,
+    desc: str,
+) -> float:
+    """One pass over the loader; returns the mean loss per image."""
+    model.train()
+    loss_sum, seen = 0.0, 0
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    for images, masks in bar:
+        images = images.to(device, non_blocking=True)
+        masks = masks.to(device, non_blocking=True)
+        logits = model(images).float()  # (N, 1, H, W)
+        loss = loss_fn(logits, masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * images.shape[0]
+        seen += images.shape[0]
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    return loss_sum / max(seen, 1)
+
+
+def fit(config: TrainConfig, *, model_type_given: bool = True) -> dict[str, Any]:
+    """Train per `config`, resuming when its model_path exists. Returns the final summary.
+
+    model_type_given: whether the user chose the model type; when resuming without it, the
+    checkpoint's type is used, and a conflicting explicit choice is an error.
+    """
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    ensure_folder(config.model_path.parent)
+    state = restore_or_start(config, device, model_type_given=model_type_given)
+    config = replace(config, model=state.model_config)  # a resumed run keeps its architecture
+    if state.start_epoch >= config.epochs:
+        print(
+            f"{config.model_path}: already trained for {state.start_epoch} epochs "
+            f"(--epochs {config.epochs}); nothing to do"
+        )
+        return {"best_dice": state.best_dice, "epochs": state.start_epoch}
+
+    ensure_dataset(config.data.data_path, config.data.mirror)
+    size = config.data.image_size
+    train_set = OxfordPetDataset(config.data.data_path, "train", train_transform(size))
+    valid_set = OxfordPetDataset(config.data.data_path, "valid", eval_transform(size))
+    if config.batch_size > len(train_set):
+        raise PetsegError(
+            f"--batch_size {config.batch_size} is larger than the training split "
+            f"({len(train_set)} images in {config.data.data_path})"
+        )
+    generator = torch.Generator()
+    train_loader = make_loader(
+        train_set,
+        config.batch_size,
+        shuffle=True,
+        num_workers=config.data.num_workers,
+        device=device,
+        generator=generator,
+        drop_last=len(train_set) > config.batch_size,
+    )
+    valid_loader = make_loader(
+        valid_set,
+        config.batch_size,
+        shuffle=False,
+        num_workers=config.data.num_workers,
+        device=device,
+    )
+    loss_fn = nn.BCEWithLogitsLoss()
+    print(
+        f"training {config.model.model_type} ({count_parameters(state.model) / 1e6:.1f} M "
+        f"parameters) on {device.type} at {size}x{size}: {len(train_set)} train / "
+        f"{len(valid_set)} valid images, epochs {state.start_epoch + 1}..{config.epochs}"
+    )
+
+    best_dice, history = state.best_dice, state.history
+    for epoch in range(state.start_epoch + 1, config.epochs + 1):
+        # Shuffle order and augmentation depend on (seed, epoch) only, so a resumed run sees
+        # the same data stream as an uninterrupted one.
+        epoch_seed = config.seed * 100_003 + epoch
+        generator.manual_seed(epoch_seed)
+        train_set.transform.set_seed(epoch_seed)
+        started = time.perf_counter()
+        train_loss = train_one_epoch(
+            state.model,
+            train_loader,
+            state.optimizer,
+            loss_fn,
+            device,
+            desc=f"epoch {epoch}/{config.epochs}",
+        )
+        evaluation = evaluate_model(
+            state.model,
+            valid_loader,
+            device,
+            loss_fn=loss_fn,
+            desc=f"epoch {epoch}/{config.epochs} valid",
+        )
+        scores = evaluation.scores.summary()
+        seconds = time.perf_counter() - started
+        improved = scores["dice"] > best_dice
+        best_dice = max(best_dice, scores["dice"])
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "valid_loss": evaluation.loss,
+                "valid_dice": scores["dice"],
+                "valid_dice_dataset": scores["dice_dataset"],
+                "valid_iou": scores["iou"],
+                "learning_rate": state.optimizer.param_groups[0]["lr"],
+                "seconds": seconds,
+            }
+        )
+        checkpoint = make_checkpoint(
+            state.model,
+            model_type=config.model.model_type,
+            model_kwargs=config.model.kwargs,
+            image_size=size,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            epoch=epoch,
+            best_dice=best_dice,
+            valid_scores=scores,
+            optimizer=state.optimizer.state_dict(),
+            config=to_plain(config),
+        )
+        save_checkpoint(last_checkpoint_path(config.model_path), checkpoint)
+        if improved:
+            save_checkpoint(config.model_path, checkpoint)
+        write_history(history_path(config.model_path), history)
+        tqdm.write(
+            f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  "
+            f"valid loss {evaluation.loss:.4f}  valid Dice {scores['dice']:.4f}"
+            f"{'  (best, saved)' if improved else ''}  {seconds:.1f} s"
+        )
+    print(
+        f"best valid Dice {best_dice:.4f} (mean of per-image Dice at {size}x{size}); "
+        f"checkpoint {config.model_path}, last epoch {last_checkpoint_path(config.model_path)}"
+    )
+    return {"best_dice": best_dice, "epochs": config.epochs, "history": history}
+
+
+def restore_or_start(
+    config: TrainConfig, device: torch.device, *, model_type_given: bool
+) -> TrainState:
+    """Resume from the newer of the best and last checkpoints when --model_path exists."""
+    best_path, last_path = config.model_path, last_checkpoint_path(config.model_path)
+    candidates = [
+        load_checkpoint(path) | {"_path": path} for path in (best_path, last_path) if path.exists()
+    ]
+    if not candidates:
+        model = build_model(config.model.model_type, **config.model.kwargs).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        return TrainState(
+            model, config.model, optimizer, start_epoch=0, best_dice=float("-inf"), history=[]
+        )
+
+    resume = max(candidates, key=lambda checkpoint: checkpoint.get("epoch", 0))
+    resume_path = resume.pop("_path")
+    if model_type_given and resume["model_type"] != config.model.model_type:
+        raise PetsegError(
+            f"{resume_path}: holds a {resume['model_type']} model but --model_type "
+            f"{config.model.model_type} was given; pick another --model_path or drop --model_type"
+        )
+    if "optimizer" not in resume or "epoch" not in resume:
+        raise PetsegError(f"{resume_path}: has no training state to resume from")
+    model = model_from_checkpoint(resume, resume_path).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    try:
+        optimizer.load_state_dict(resume["optimizer"])
+    except (ValueError, KeyError) as error:
+        raise PetsegError(f"{resume_path}: optimizer state does not fit ({error})") from None
+    for group in optimizer.param_groups:  # the command line's learning rate wins
+        group["lr"] = config.learning_rate
+    best_dice = float(resume.get("best_dice", float("-inf")))
+    history = read_history(history_path(best_path), upto=int(resume["epoch"]))
+    print(
+        f"resuming from {resume_path}: epoch {resume['epoch']} done of {config.epochs}, "
+        f"best valid Dice {best_dice:.4f}"
+    )
+    model_config = ModelConfig(resume["model_type"], dict(resume["model_kwargs"]))
+    return TrainState(model, model_config, optimizer, int(resume["epoch"]), best_dice, history)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_history(path: Path, upto: int) -> list[dict[str, Any]]:
+    """Rows of an earlier run's history up to epoch `upto` (the resumed checkpoint's epoch)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [row for row in rows if row.get("epoch", "").isdigit() and int(row["epoch"]) <= upto]

@@ -1,0 +1,22 @@
+"""Shared fixtures. Real-data tests read the sample set named by PETSEG_SAMPLE_DATA and skip without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SAMPLE_ENV = "PETSEG_SAMPLE_DATA"
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> Path:
+    """The real 600-image Oxford-IIIT Pet sample (official layout); skips when not configured."""
+    value = os.environ.get(SAMPLE_ENV)
+    if not value:
+        pytest.skip(f"set {SAMPLE_ENV} to the Oxford-IIIT Pet sample folder to run real-data tests")
+    root = Path(value)
+    if not (root / "annotations" / "trainval.txt").is_file():
+        pytest.skip(f"{SAMPLE_ENV}={value} does not hold the Oxford-IIIT Pet layout")
+    return root
