@@ -72,15 +72,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        # The weights-only unpickler refuses any global it does not know (code execution in a
+        # crafted file); say which one. Other unpickling errors are plain corruption.
+        unsafe = [line for line in str(error).splitlines() if "Unsupported global" in line]
+        if unsafe:
+            raise PetsegError(
+                f"{path}: refused to load, it asks to run code ({unsafe[0].strip()[:160]}); "
+                "petseg loads checkpoints with weights_only=True only"
+            ) from None
+        raise PetsegError(f"{path}: not a readable checkpoint, truncated or corrupt") from None
+    except Exception as error:  # garbage bytes make the unpickler raise almost anything
         raise PetsegError(
-            f"{path}: refused to load, it needs unsafe unpickling ({first_line[:160]})"
-        ) from None
-    except Exception as error:  # garbage bytes make the unpickler raise anything
-        text = str(error).strip()
-        reason = text.splitlines()[0][:160] if text else type(error).__name__
-        raise PetsegError(
-            f"{path}: not a readable checkpoint, truncated or corrupt ({reason})"
+            f"{path}: not a readable checkpoint, truncated or corrupt ({type(error).__name__})"
         ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise PetsegError(f"{path}: not a petseg checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
@@ -94,14 +97,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def model_from_checkpoint(checkpoint: dict[str, Any], path: Path | None = None) -> nn.Module:
     """Rebuild the architecture from the metadata and load the weights (strictly)."""
-    model = build_model(checkpoint["model_type"], **checkpoint["model_kwargs"])
     try:
+        model = build_model(checkpoint["model_type"], **checkpoint["model_kwargs"])
         model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
+    except (RuntimeError, TypeError, ValueError) as error:
         where = f"{path}: " if path else ""
         reason = str(error).strip().splitlines()[0][:200]
         raise PetsegError(
-            f"{where}weights do not fit {checkpoint['model_type']} ({reason})"
+            f"{where}cannot rebuild the {checkpoint['model_type']} model from it ({reason})"
         ) from None
     return model
 
