@@ -206,8 +206,9 @@ def restore_or_start(
 ) -> TrainState:
     """Resume from the newer of the best and last checkpoints when --model_path exists."""
     best_path, last_path = config.model_path, last_checkpoint_path(config.model_path)
+    # On equal epochs both hold the same state; prefer naming the every-epoch file.
     candidates = [
-        load_checkpoint(path) | {"_path": path} for path in (best_path, last_path) if path.exists()
+        load_checkpoint(path) | {"_path": path} for path in (last_path, best_path) if path.exists()
     ]
     if not candidates:
         model = build_model(config.model.model_type, **config.model.kwargs).to(device)
