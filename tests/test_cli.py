@@ -17,9 +17,27 @@ def parse(*argv: str):
 
 
 SEED_FLAGS = [
-    "train", "--data_path", "d", "--epochs", "3", "--batch_size", "4", "--learning-rate", "0.01",
-    "--model_path", "m.pt", "--model_type", "resnet34_unet", "--image_size", "96",
-    "--num_workers", "0", "--device", "cpu", "--seed", "7",
+    "train",
+    "--data_path",
+    "d",
+    "--epochs",
+    "3",
+    "--batch_size",
+    "4",
+    "--learning-rate",
+    "0.01",
+    "--model_path",
+    "m.pt",
+    "--model_type",
+    "resnet34_unet",
+    "--image_size",
+    "96",
+    "--num_workers",
+    "0",
+    "--device",
+    "cpu",
+    "--seed",
+    "7",
 ]
 
 
@@ -50,8 +68,13 @@ def test_model_type_choices_follow_the_registry() -> None:
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--epochs", "0"), ("--batch_size", "-1"), ("--learning-rate", "-0.1"),
-     ("--image_size", "8"), ("--epochs", "ten")],
+    [
+        ("--epochs", "0"),
+        ("--batch_size", "-1"),
+        ("--learning-rate", "-0.1"),
+        ("--image_size", "8"),
+        ("--epochs", "ten"),
+    ],
 )
 def test_invalid_numbers_are_usage_errors(flag: str, value: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -98,14 +121,24 @@ def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path, capsys) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    code = main(["train", "--device", "cuda", "--data_path", str(tmp_path),
-                 "--model_path", str(tmp_path / "m.pt")])
+    code = main(
+        [
+            "train",
+            "--device",
+            "cuda",
+            "--data_path",
+            str(tmp_path),
+            "--model_path",
+            str(tmp_path / "m.pt"),
+        ]
+    )
     assert code == 2
     assert "--device cpu" in capsys.readouterr().err
 
 
 def test_python_dash_m_and_version() -> None:
-    done = subprocess.run([sys.executable, "-m", "petseg", "--version"],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "petseg", "--version"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0
     assert done.stdout.startswith("petseg ")

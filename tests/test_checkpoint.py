@@ -1,0 +1,344 @@
+"""Checkpoints: round trip, pickle-free loading, corrupt files, atomic saving, path naming."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import petseg.checkpoint
+from petseg.checkpoint import (
+    check_model_type,
+    history_path,
+    last_checkpoint_path,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+from petseg.errors import PetsegError
+from petseg.models import UNet, build_model
+
+SMALL_KWARGS: dict[str, Any] = {"widths": [8, 16]}
+MEAN = (0.5, 0.4, 0.3)
+STD = (0.25, 0.2, 0.15)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread() -> Iterator[None]:
+    """Avoid OpenMP spin-waiting on a busy 2-core machine; results do not depend on it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def small_unet(seed: int = 0) -> nn.Module:
+    """A small UNet whose BatchNorm running statistics moved away from their initial values."""
+    torch.manual_seed(seed)
+    model = build_model("unet", **SMALL_KWARGS)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 16, 16) * 3 + 1)
+    return model.eval()
+
+
+def small_checkpoint(model: nn.Module, **extra: Any) -> dict[str, Any]:
+    return make_checkpoint(
+        model,
+        model_type="unet",
+        model_kwargs=dict(SMALL_KWARGS),
+        image_size=64,
+        mean=MEAN,
+        std=STD,
+        **extra,
+    )
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, nn.Module]:
+    model = small_unet()
+    path = tmp_path / "runs" / "small.pt"
+    save_checkpoint(path, small_checkpoint(model, epoch=3, best_dice=0.75))
+    return path, model
+
+
+def assert_refused(path: Path) -> PetsegError:
+    with pytest.raises(PetsegError) as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "\n" not in message
+    return info.value
+
+
+# --- round trip -------------------------------------------------------------------------------
+
+
+def test_round_trip_rebuilds_a_model_with_identical_outputs(saved: tuple[Path, nn.Module]) -> None:
+    path, model = saved
+    checkpoint = load_checkpoint(path)
+    rebuilt = model_from_checkpoint(checkpoint, path)
+    assert isinstance(rebuilt, UNet)
+    assert rebuilt.widths == (8, 16)
+    rebuilt.eval()
+    images = torch.randn(2, 3, 20, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), model(images))
+    for key, value in model.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
+
+
+def test_round_trip_keeps_the_metadata_and_extras(saved: tuple[Path, nn.Module]) -> None:
+    checkpoint = load_checkpoint(saved[0])
+    assert checkpoint["format"] == "petseg-checkpoint"
+    assert checkpoint["model_type"] == "unet"
+    assert checkpoint["model_kwargs"] == SMALL_KWARGS
+    assert checkpoint["image_size"] == 64
+    assert checkpoint["normalization"] == {"mean": list(MEAN), "std": list(STD)}
+    assert checkpoint["threshold"] == 0.5
+    assert checkpoint["epoch"] == 3
+    assert checkpoint["best_dice"] == 0.75
+
+
+def test_checkpoint_loads_with_plain_weights_only_torch_load(tmp_path: Path) -> None:
+    model = small_unet()
+    # shaped like an optimizer's state_dict (int keys, nested tensors) without paying for a step
+    optimizer_state = {
+        "state": {0: {"momentum_buffer": torch.ones(3)}, 1: {"step": torch.tensor(5.0)}},
+        "param_groups": [{"lr": 0.1, "momentum": 0.9, "params": [0, 1]}],
+    }
+    path = tmp_path / "with_optimizer.pt"
+    save_checkpoint(
+        path, small_checkpoint(model, optimizer=optimizer_state, config={"lr": 1e-3, "seed": 1})
+    )
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert raw["model_type"] == "unet"
+    assert raw["config"] == {"lr": 1e-3, "seed": 1}
+    assert set(raw["state_dict"]) == set(model.state_dict())
+    assert torch.equal(raw["optimizer"]["state"][0]["momentum_buffer"], torch.ones(3))
+    assert load_checkpoint(path)["optimizer"]["param_groups"][0]["params"] == [0, 1]
+
+
+def test_save_creates_missing_parent_folders(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "model.pt"
+    save_checkpoint(path, small_checkpoint(small_unet()))
+    assert path.is_file()
+    assert os.listdir(path.parent) == ["model.pt"]
+
+
+# --- refusing files ---------------------------------------------------------------------------
+
+
+def test_a_missing_checkpoint_names_the_path(tmp_path: Path) -> None:
+    assert_refused(tmp_path / "absent.pt")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        random.Random(0).randbytes(2048),
+        b"",
+        b"hello, not a checkpoint\n",
+        b"PK\x03\x04" + bytes(60),
+    ],
+    ids=["random-bytes", "empty", "text", "zip-header-only"],
+)
+def test_a_file_that_is_not_a_checkpoint_raises_petseg_error(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "junk.pt"
+    path.write_bytes(content)
+    assert_refused(path)
+
+
+def test_a_truncated_checkpoint_raises_petseg_error(saved: tuple[Path, nn.Module]) -> None:
+    path = saved[0]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert_refused(path)
+
+
+def test_a_bare_state_dict_is_not_a_petseg_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "bare.pt"
+    torch.save(small_unet().state_dict(), path)
+    error = assert_refused(path)
+    assert "petseg" in str(error)
+
+
+def test_a_checkpoint_lacking_required_keys_is_refused(tmp_path: Path) -> None:
+    checkpoint = small_checkpoint(small_unet())
+    del checkpoint["state_dict"]
+    path = tmp_path / "partial.pt"
+    torch.save(checkpoint, path)
+    assert "state_dict" in str(assert_refused(path))
+
+
+def test_a_checkpoint_of_an_unknown_model_type_is_refused(tmp_path: Path) -> None:
+    checkpoint = small_checkpoint(small_unet())
+    checkpoint["model_type"] = "vit_huge"
+    path = tmp_path / "unknown.pt"
+    torch.save(checkpoint, path)
+    assert "vit_huge" in str(assert_refused(path))
+
+
+class CreatesAFileWhenUnpickled:
+    """Unpickling this calls open(marker, "w"): what a malicious checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_payload_is_refused_and_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    checkpoint = small_checkpoint(small_unet())
+    checkpoint["extra"] = CreatesAFileWhenUnpickled(marker)
+    torch.save(checkpoint, path)
+    assert not marker.exists()
+    assert_refused(path)
+    assert not marker.exists()
+
+
+def test_the_pickle_payload_is_live_when_unpickling_is_allowed(tmp_path: Path) -> None:
+    """Control for the test above: the same payload does create the file under full pickle."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"extra": CreatesAFileWhenUnpickled(marker)}, path)
+    loaded = torch.load(path, weights_only=False)
+    loaded["extra"].close()
+    assert marker.exists()
+
+
+# --- atomic save ------------------------------------------------------------------------------
+
+
+def test_a_failing_save_keeps_the_previous_file_and_leaves_no_temp_file(
+    saved: tuple[Path, nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = saved[0]
+    before = path.read_bytes()
+
+    def save_then_crash(obj: object, handle: Any, *args: Any, **kwargs: Any) -> None:
+        handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(petseg.checkpoint.torch, "save", save_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, small_checkpoint(small_unet(seed=1)))
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert os.listdir(path.parent) == [path.name]
+    load_checkpoint(path)
+
+
+def test_an_interrupted_save_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(obj: object, handle: Any, *args: Any, **kwargs: Any) -> None:
+        handle.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(petseg.checkpoint.torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "new.pt", {"format": "petseg-checkpoint"})
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_second_save_replaces_the_first(saved: tuple[Path, nn.Module]) -> None:
+    path = saved[0]
+    other = small_unet(seed=7)
+    save_checkpoint(path, small_checkpoint(other, epoch=4))
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["epoch"] == 4
+    assert torch.equal(checkpoint["state_dict"]["head.weight"], other.state_dict()["head.weight"])
+    assert os.listdir(path.parent) == [path.name]
+
+
+# --- rebuilding the model ---------------------------------------------------------------------
+
+
+def test_weights_of_another_architecture_raise_petseg_error(tmp_path: Path) -> None:
+    checkpoint = small_checkpoint(small_unet())
+    checkpoint["model_type"] = "resnet34_unet"
+    checkpoint["model_kwargs"] = {}
+    path = tmp_path / "mixed.pt"
+    with pytest.raises(PetsegError) as info:
+        model_from_checkpoint(checkpoint, path)
+    assert str(path) in str(info.value)
+    assert "resnet34_unet" in str(info.value)
+
+
+def test_weights_of_other_widths_raise_petseg_error() -> None:
+    checkpoint = small_checkpoint(small_unet())
+    checkpoint["model_kwargs"] = {"widths": [8, 32]}
+    with pytest.raises(PetsegError, match="unet"):
+        model_from_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize(
+    "model_kwargs", [{"widths": [7, 16]}, {"depth": 5}], ids=["odd-width", "unknown-kwarg"]
+)
+def test_model_kwargs_the_constructor_rejects_raise_petseg_error(
+    tmp_path: Path, model_kwargs: dict[str, Any]
+) -> None:
+    checkpoint = small_checkpoint(small_unet())
+    checkpoint["model_kwargs"] = model_kwargs
+    path = tmp_path / "odd.pt"
+    with pytest.raises(PetsegError) as info:
+        model_from_checkpoint(checkpoint, path)
+    assert str(path) in str(info.value)
+
+
+def test_check_model_type_accepts_none_or_the_same_type(tmp_path: Path) -> None:
+    checkpoint = {"model_type": "unet"}
+    check_model_type(checkpoint, None, tmp_path / "m.pt")
+    check_model_type(checkpoint, "unet", tmp_path / "m.pt")
+
+
+def test_check_model_type_rejects_another_type_naming_both(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    with pytest.raises(PetsegError) as info:
+        check_model_type({"model_type": "unet"}, "resnet34_unet", path)
+    message = str(info.value)
+    assert str(path) in message
+    assert "unet" in message
+    assert "resnet34_unet" in message
+
+
+# --- file naming ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model_path", "expected"),
+    [
+        ("runs/r34.pt", "runs/r34.last.pt"),
+        ("runs/unet.pth", "runs/unet.last.pth"),
+        ("runs/r34", "runs/r34.last.pt"),
+        ("best.pt", "best.last.pt"),
+    ],
+)
+def test_last_checkpoint_path(model_path: str, expected: str) -> None:
+    assert last_checkpoint_path(Path(model_path)) == Path(expected)
+
+
+@pytest.mark.parametrize(
+    ("model_path", "expected"),
+    [("runs/r34.pt", "runs/r34.history.csv"), ("runs/r34", "runs/r34.history.csv")],
+)
+def test_history_path(model_path: str, expected: str) -> None:
+    assert history_path(Path(model_path)) == Path(expected)
+
+
+def test_last_checkpoint_and_history_never_overwrite_the_best_checkpoint() -> None:
+    best = Path("runs/r34.pt")
+    assert len({best, last_checkpoint_path(best), history_path(best)}) == 3

@@ -1,0 +1,324 @@
+"""End to end on the real Oxford-IIIT Pet sample: train, resume, evaluate and predict via the CLI.
+
+One short ResNet34-UNet run at 64 px is shared by the tests of this module (about a minute on
+two CPU cores); a tiny-width UNet checks the other architecture through the same commands.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from petseg.checkpoint import history_path, last_checkpoint_path
+from petseg.cli import main
+from petseg.data.oxford_pet import OxfordPetDataset, read_split_names
+from petseg.data.transforms import eval_transform
+from petseg.metrics import SegmentationScores
+
+pytestmark = pytest.mark.slow
+
+SIZE = 64
+EPOCHS = 2
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    """The installed command as a user runs it: a separate process, exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "petseg", *argv], capture_output=True, text=True, check=False
+    )
+
+
+def all_pet_dice(root: Path, split: str) -> float:
+    """Per-image Dice of the trivial prediction 'everything is pet': the bar to beat clearly."""
+    dataset = OxfordPetDataset(root, split, eval_transform(SIZE))
+    scores = SegmentationScores()
+    for index in range(len(dataset)):
+        _, mask = dataset[index]
+        scores.update(torch.ones_like(mask, dtype=torch.bool)[None], mask[None] > 0.5)
+    return scores.summary()["dice"]
+
+
+@pytest.fixture(scope="module")
+def trained(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    run_dir = tmp_path_factory.mktemp("run")
+    model_path = run_dir / "r34.pt"
+    done = run_cli(
+        "train",
+        "--data_path",
+        str(sample_data),
+        "--model_type",
+        "resnet34_unet",
+        "--epochs",
+        str(EPOCHS),
+        "--batch_size",
+        "16",
+        "--learning-rate",
+        "1e-3",
+        "--image_size",
+        str(SIZE),
+        "--model_path",
+        str(model_path),
+        "--num_workers",
+        "2",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return {
+        "model_path": model_path,
+        "stdout": done.stdout,
+        "stderr": done.stderr,
+        "data": sample_data,
+    }
+
+
+def test_training_writes_checkpoints_history_and_summaries(trained: dict) -> None:
+    model_path = trained["model_path"]
+    assert model_path.is_file() and last_checkpoint_path(model_path).is_file()
+    summaries = [line for line in trained["stdout"].splitlines() if line.startswith("epoch ")]
+    assert len(summaries) == EPOCHS
+    assert all("valid Dice" in line and "train loss" in line for line in summaries)
+    assert "epoch 1/2" in trained["stderr"]  # the tqdm bar
+    with history_path(model_path).open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == list(range(1, EPOCHS + 1))
+
+
+def test_checkpoint_is_self_describing_and_pickle_free(trained: dict) -> None:
+    checkpoint = torch.load(trained["model_path"], weights_only=True)
+    assert checkpoint["model_type"] == "resnet34_unet"
+    assert checkpoint["image_size"] == SIZE
+    assert checkpoint["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert 1 <= checkpoint["epoch"] <= EPOCHS
+    assert checkpoint["config"]["learning_rate"] == pytest.approx(1e-3)
+    assert checkpoint["best_dice"] == pytest.approx(checkpoint["valid_scores"]["dice"])
+
+
+def test_valid_dice_clearly_beats_all_pet_and_matches_evaluate(trained: dict, tmp_path) -> None:
+    checkpoint = torch.load(trained["model_path"], weights_only=True)
+    baseline = all_pet_dice(trained["data"], "valid")
+    assert checkpoint["best_dice"] > baseline + 0.05, (checkpoint["best_dice"], baseline)
+
+    output = tmp_path / "valid.json"
+    done = run_cli(
+        "evaluate",
+        "--model_path",
+        str(trained["model_path"]),
+        "--data_path",
+        str(trained["data"]),
+        "--split",
+        "valid",
+        "--output",
+        str(output),
+        "--num_workers",
+        "0",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(output.read_text())
+    # evaluate and training's validation share one code path: same images, same Dice
+    assert results["dice"] == pytest.approx(checkpoint["best_dice"], abs=1e-6)
+    assert results["num_images"] == 30
+    assert {
+        "dice",
+        "dice_dataset",
+        "iou",
+        "pixel_accuracy",
+        "num_images",
+        "split",
+        "image_size",
+    } <= results.keys()
+    assert results["split"] == "valid" and results["image_size"] == SIZE
+    assert len(results["per_image_dice"]) == 30
+    assert np.mean(list(results["per_image_dice"].values())) == pytest.approx(results["dice"])
+    assert "Dice, mean of per-image Dice" in done.stdout
+
+
+def test_predict_writes_a_mask_per_test_image_at_its_size(trained: dict, tmp_path) -> None:
+    save_dir = tmp_path / "masks"
+    done = run_cli(
+        "predict",
+        "--model_path",
+        str(trained["model_path"]),
+        "--data_path",
+        str(trained["data"]),
+        "--save_dir",
+        str(save_dir),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = read_split_names(trained["data"], "test")
+    assert sorted(p.stem for p in save_dir.glob("*.png")) == sorted(names)
+    for name in names[:: len(names) // 12]:
+        with Image.open(trained["data"] / "images" / f"{name}.jpg") as image:
+            size = image.size
+        with Image.open(save_dir / f"{name}.png") as mask:
+            assert mask.size == size and mask.mode == "L"
+            assert set(np.unique(np.asarray(mask))) <= {0, 255}
+
+
+def test_predict_on_files_and_folders(trained: dict, tmp_path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image_names = sorted((trained["data"] / "images").glob("*.jpg"))[:3]
+    for path in image_names:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    single = image_names[0]
+    save_dir = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            "--model_path",
+            str(trained["model_path"]),
+            str(folder),
+            "--save_dir",
+            str(save_dir),
+            "--num_workers",
+            "0",
+        ]
+    )
+    assert code == 0
+    assert sorted(p.name for p in save_dir.iterdir()) == sorted(
+        f"{p.stem}.png" for p in image_names
+    )
+    code = main(
+        [
+            "predict",
+            "--model_path",
+            str(trained["model_path"]),
+            str(single),
+            "--save_dir",
+            str(tmp_path / "one"),
+            "--num_workers",
+            "0",
+        ]
+    )
+    assert code == 0 and (tmp_path / "one" / f"{single.stem}.png").is_file()
+
+
+def test_resume_continues_epoch_count_and_optimizer_state(trained: dict, tmp_path) -> None:
+    # Work on a copy so the other tests keep the 2-epoch run.
+    model_path = tmp_path / "r34.pt"
+    for source in (
+        trained["model_path"],
+        last_checkpoint_path(trained["model_path"]),
+        history_path(trained["model_path"]),
+    ):
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    before = torch.load(last_checkpoint_path(model_path), weights_only=True)
+    steps_before = before["optimizer"]["state"][0]["step"].item()
+
+    # No --model_type: the checkpoint says what it is.
+    done = run_cli(
+        "train",
+        "--data_path",
+        str(trained["data"]),
+        "--epochs",
+        str(EPOCHS + 1),
+        "--batch_size",
+        "16",
+        "--learning-rate",
+        "1e-3",
+        "--image_size",
+        str(SIZE),
+        "--model_path",
+        str(model_path),
+        "--num_workers",
+        "2",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming from {last_checkpoint_path(model_path)}: epoch {EPOCHS} done" in done.stdout
+    summaries = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(summaries) == 1 and summaries[0].startswith(f"epoch {EPOCHS + 1}/{EPOCHS + 1}")
+
+    after = torch.load(last_checkpoint_path(model_path), weights_only=True)
+    assert after["epoch"] == EPOCHS + 1
+    assert after["model_type"] == "resnet34_unet"
+    steps_per_epoch = steps_before / EPOCHS
+    # Adam's step counter continued from the checkpoint instead of restarting at zero.
+    assert after["optimizer"]["state"][0]["step"].item() == pytest.approx(
+        steps_before + steps_per_epoch
+    )
+    with history_path(model_path).open() as handle:
+        assert [int(row["epoch"]) for row in csv.DictReader(handle)] == [1, 2, 3]
+
+    # A finished run is not trained further, and a conflicting --model_type is refused.
+    again = run_cli(
+        "train",
+        "--data_path",
+        str(trained["data"]),
+        "--epochs",
+        str(EPOCHS + 1),
+        "--model_path",
+        str(model_path),
+    )
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    wrong = run_cli(
+        "train",
+        "--data_path",
+        str(trained["data"]),
+        "--model_type",
+        "unet",
+        "--epochs",
+        "9",
+        "--model_path",
+        str(model_path),
+    )
+    assert wrong.returncode == 2
+    assert "resnet34_unet" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_unet_trains_evaluates_and_predicts(sample_data: Path, tmp_path) -> None:
+    model_path = tmp_path / "unet.pt"
+    code = main(
+        [
+            "train",
+            "--data_path",
+            str(sample_data),
+            "--model_type",
+            "unet",
+            "--unet_widths",
+            "8,16,32,64",
+            "--epochs",
+            "1",
+            "--batch_size",
+            "16",
+            "-lr",
+            "1e-3",
+            "--image_size",
+            str(SIZE),
+            "--model_path",
+            str(model_path),
+            "--num_workers",
+            "0",
+        ]
+    )
+    assert code == 0
+    checkpoint = torch.load(model_path, weights_only=True)
+    assert checkpoint["model_type"] == "unet"
+    assert checkpoint["model_kwargs"] == {"widths": [8, 16, 32, 64]}
+    output = tmp_path / "test.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model_path",
+                str(model_path),
+                "--data_path",
+                str(sample_data),
+                "--output",
+                str(output),
+                "--num_workers",
+                "0",
+            ]
+        )
+        == 0
+    )
+    results = json.loads(output.read_text())
+    assert results["num_images"] == 298 and results["split"] == "test"
+    assert 0.0 <= results["dice"] <= 1.0

@@ -1,0 +1,257 @@
+"""Model registry, output shapes, gradients, parameter counts and the ResNet34 encoder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from petseg.errors import PetsegError
+from petseg.models import MODELS, ResNet34UNet, UNet, build_model
+from petseg.models.blocks import DecoderBlock
+from petseg.models.resnet import ResNetEncoder
+
+MODEL_NAMES = sorted(MODELS)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def double_conv_parameters(in_channels: int, out_channels: int) -> int:
+    """Two bias-free 3x3 convs, each followed by a BatchNorm (weight + bias)."""
+    return (
+        9 * in_channels * out_channels + 2 * out_channels + 9 * out_channels**2 + 2 * out_channels
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread() -> Iterator[None]:
+    """One intra-op thread: on a busy 2-core machine OpenMP spin-waiting makes these tests ~10x
+    slower with two threads; the results do not depend on the thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def default_models() -> dict[str, nn.Module]:
+    """One default-sized instance per registered model, in eval mode (shared by shape tests)."""
+    torch.manual_seed(0)
+    return {name: MODELS[name]().eval() for name in MODEL_NAMES}
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+def test_registry_holds_both_architectures() -> None:
+    assert {"unet": UNet, "resnet34_unet": ResNet34UNet} == MODELS
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_build_model_returns_an_instance_of_the_registered_class(name: str) -> None:
+    kwargs = {"widths": (8, 16)} if name == "unet" else {}
+    assert type(build_model(name, **kwargs)) is MODELS[name]
+
+
+def test_build_model_unknown_name_raises_petseg_error_listing_valid_names() -> None:
+    with pytest.raises(PetsegError) as info:
+        build_model("resnet50_unet")
+    message = str(info.value)
+    assert "resnet50_unet" in message
+    for name in MODELS:
+        assert name in message
+    assert "\n" not in message
+
+
+def test_build_model_passes_keyword_arguments_to_the_constructor() -> None:
+    model = build_model("unet", widths=[8, 16], num_classes=2, in_channels=1)
+    assert isinstance(model, UNet)
+    assert model.widths == (8, 16)
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(1, 1, 12, 12))
+    assert out.shape == (1, 2, 12, 12)
+
+
+def test_build_model_passes_decoder_widths_to_resnet34_unet() -> None:
+    model = build_model("resnet34_unet", decoder_widths=(16, 8, 8, 8, 4))
+    assert isinstance(model, ResNet34UNet)
+    assert model.head.in_channels == 4
+    assert [block.conv[0].out_channels for block in model.decoder] == [16, 8, 8, 8, 4]
+
+
+# --- shapes, values, gradients ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(64, 64), (100, 150), (333, 500)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_output_is_one_logit_map_of_the_input_size(
+    default_models: dict[str, nn.Module], name: str, size: tuple[int, int]
+) -> None:
+    images = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = default_models[name](images)
+    assert out.shape == (1, 1, *size)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_batch_items_are_independent_in_eval_mode(
+    default_models: dict[str, nn.Module], name: str
+) -> None:
+    images = torch.randn(2, 3, 33, 47, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        both = default_models[name](images)
+        second = default_models[name](images[1:])
+    assert both.shape == (2, 1, 33, 47)
+    torch.testing.assert_close(both[1:], second, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_backward_gives_a_finite_gradient_to_every_trainable_parameter(name: str) -> None:
+    torch.manual_seed(3)
+    model = build_model(name).train()
+    images = torch.randn(2, 3, 32, 32)
+    targets = (torch.rand(2, 1, 32, 32) > 0.5).float()
+    logits = model(images)
+    assert torch.isfinite(logits).all()
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    missing = [n for n, p in trainable if p.grad is None]
+    assert not missing, f"no gradient for {missing[:5]}"
+    not_finite = [n for n, p in trainable if not torch.isfinite(p.grad).all()]
+    assert not not_finite, f"non-finite gradient for {not_finite[:5]}"
+    # The head sits right before the loss: its gradient cannot vanish.
+    assert model.head.weight.grad.abs().sum() > 0
+
+
+# --- parameter counts -------------------------------------------------------------------------
+
+
+def test_default_unet_has_the_milesial_parameter_count(
+    default_models: dict[str, nn.Module],
+) -> None:
+    n = count_parameters(default_models["unet"])
+    assert round(n / 1e6, 1) == 31.0
+    assert n == 31_037_633
+
+
+def test_default_resnet34_unet_has_about_24_4_million_parameters(
+    default_models: dict[str, nn.Module],
+) -> None:
+    assert round(count_parameters(default_models["resnet34_unet"]) / 1e6, 1) == 24.4
+
+
+def test_small_unet_widths_give_the_hand_counted_parameters() -> None:
+    # stem DoubleConv(3, 8)                      216 + 16 + 576 + 16    =   824
+    # down DoubleConv(8, 16)                     1152 + 32 + 2304 + 32  =  3520
+    # bottleneck DoubleConv(16, 32)              4608 + 64 + 9216 + 64  = 13952
+    # up 1: ConvT(32->16, k2) 2048 + 16; DoubleConv(32, 16) 6976      =  9040
+    # up 2: ConvT(16->8, k2) 512 + 8;   DoubleConv(16, 8) 1760        =  2280
+    # head Conv1x1(8 -> 1) 8 + 1                                       =     9
+    model = UNet(widths=(8, 16))
+    assert model.widths == (8, 16)
+    assert count_parameters(model) == 824 + 3520 + 13952 + 9040 + 2280 + 9 == 29_625
+    assert double_conv_parameters(3, 8) == 824
+
+
+def test_small_unet_widths_work_on_odd_sizes() -> None:
+    model = UNet(widths=(4, 8, 16)).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 37, 23))
+    assert out.shape == (2, 1, 37, 23)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("widths", [(), (7, 16), (8, 15), (0, 8), (1,), (8, -2)])
+def test_invalid_unet_widths_raise_value_error(widths: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="widths"):
+        UNet(widths=widths)
+
+
+@pytest.mark.parametrize("decoder_widths", [(256, 128, 64, 32), (256, 128, 64, 32, 16, 8)])
+def test_resnet34_unet_rejects_a_wrong_number_of_decoder_widths(
+    decoder_widths: tuple[int, ...],
+) -> None:
+    with pytest.raises(ValueError, match="decoder_widths"):
+        ResNet34UNet(decoder_widths=decoder_widths)
+
+
+def test_smaller_resnet34_unet_decoder_has_fewer_parameters_and_same_output_shape(
+    default_models: dict[str, nn.Module],
+) -> None:
+    model = ResNet34UNet(decoder_widths=(16, 8, 8, 8, 4)).eval()
+    assert count_parameters(model) < count_parameters(default_models["resnet34_unet"]) - 2_000_000
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 45, 71))
+    assert out.shape == (1, 1, 45, 71)
+
+
+# --- ResNet34 encoder -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(64, 64), (65, 97), (33, 50)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_resnet34_encoder_returns_five_features_at_strides_2_to_32(size: tuple[int, int]) -> None:
+    encoder = ResNetEncoder().eval()
+    assert encoder.out_channels == (64, 64, 128, 256, 512)
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 3, *size))
+    assert len(features) == 5
+    for feature, channels, stride in zip(
+        features, encoder.out_channels, (2, 4, 8, 16, 32), strict=True
+    ):
+        expected = (1, channels, math.ceil(size[0] / stride), math.ceil(size[1] / stride))
+        assert tuple(feature.shape) == expected
+
+
+def test_resnet34_encoder_has_the_resnet34_block_layout() -> None:
+    encoder = ResNetEncoder()
+    assert [len(stage) for stage in encoder.stages] == [3, 4, 6, 3]
+
+
+def test_encoder_out_channels_follow_custom_widths() -> None:
+    encoder = ResNetEncoder(layers=(1, 1), widths=(8, 16)).eval()
+    assert encoder.out_channels == (8, 8, 16)
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 3, 20, 30))
+    assert [tuple(f.shape) for f in features] == [(1, 8, 10, 15), (1, 8, 5, 8), (1, 16, 3, 4)]
+
+
+def test_encoder_rejects_layers_and_widths_of_different_lengths() -> None:
+    with pytest.raises(ValueError):
+        ResNetEncoder(layers=(3, 4, 6), widths=(64, 128, 256, 512))
+
+
+# --- decoder block ----------------------------------------------------------------------------
+
+
+def test_transpose_decoder_block_pads_an_odd_size_to_the_skip() -> None:
+    block = DecoderBlock(8, 4, 6, upsample="transpose").eval()
+    with torch.no_grad():
+        out = block(torch.randn(1, 8, 3, 5), torch.randn(1, 4, 7, 11))
+    assert out.shape == (1, 6, 7, 11)
+
+
+def test_nearest_decoder_block_without_skip_upsamples_to_the_given_size() -> None:
+    block = DecoderBlock(8, 0, 4, upsample="nearest").eval()
+    with torch.no_grad():
+        out = block(torch.randn(1, 8, 3, 5), None, size=(9, 13))
+    assert out.shape == (1, 4, 9, 13)
+
+
+def test_decoder_block_needs_a_skip_or_a_size() -> None:
+    block = DecoderBlock(8, 0, 4)
+    with pytest.raises(ValueError):
+        block(torch.randn(1, 8, 3, 5))
+
+
+def test_decoder_block_rejects_an_unknown_upsample_mode() -> None:
+    with pytest.raises(ValueError, match="bilinear"):
+        DecoderBlock(8, 4, 4, upsample="bilinear")  # type: ignore[arg-type]
