@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+
+# albumentations asks PyPI for a newer version at every import (up to 2 s, and a warning
+# offline); a command-line tool must not phone home on each run. Users can still set it to 0.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A
 import cv2
