@@ -18,6 +18,7 @@ class DataConfig:
     image_size: int = 256
     num_workers: int = 2
     mirror: str | None = None  # base URL to download the archives from instead of Oxford's
+    skip_bad: bool = False  # leave unusable samples out instead of stopping
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
+from petseg.data.check import checked_names
 from petseg.data.loading import ensure_dataset, make_loader
 from petseg.data.oxford_pet import OxfordPetDataset, Split
 from petseg.data.transforms import eval_transform
@@ -64,6 +65,7 @@ def evaluate_checkpoint(
     device_name: str = "auto",
     mirror: str | None = None,
     output: Path | None = None,
+    skip_bad: bool = False,
     model_type: str | None = None,
 ) -> dict:
     """Evaluate the checkpoint at its own image size; print the scores, optionally write JSON."""
@@ -74,7 +76,12 @@ def evaluate_checkpoint(
     ensure_dataset(data_path, mirror)
     size = int(checkpoint["image_size"])
     norm = checkpoint["normalization"]
-    dataset = OxfordPetDataset(data_path, split, eval_transform(size, norm["mean"], norm["std"]))
+    dataset = OxfordPetDataset(
+        data_path,
+        split,
+        eval_transform(size, norm["mean"], norm["std"]),
+        names=checked_names(data_path, split, skip_bad),
+    )
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, device=device)
     threshold = float(checkpoint.get("threshold", 0.5))
     evaluation = evaluate_model(model, loader, device, threshold=threshold, desc=f"{split}")

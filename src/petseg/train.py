@@ -23,6 +23,7 @@ from petseg.checkpoint import (
     save_checkpoint,
 )
 from petseg.config import ModelConfig, TrainConfig, to_plain
+from petseg.data.check import checked_names
 from petseg.data.loading import ensure_dataset, make_loader
 from petseg.data.oxford_pet import OxfordPetDataset
 from petseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
@@ -91,6 +92,7 @@ def fit(config: TrainConfig, *, model_type_given: bool = True) -> dict[str, Any]
     device = resolve_device(config.device)
     seed_everything(config.seed)
     ensure_folder(config.model_path.parent)
+    ensure_dataset(config.data.data_path, config.data.mirror)
     state = restore_or_start(config, device, model_type_given=model_type_given)
     config = replace(config, model=state.model_config)  # a resumed run keeps its architecture
     if state.start_epoch >= config.epochs:
@@ -100,10 +102,15 @@ def fit(config: TrainConfig, *, model_type_given: bool = True) -> dict[str, Any]
         )
         return {"best_dice": state.best_dice, "epochs": state.start_epoch}
 
-    ensure_dataset(config.data.data_path, config.data.mirror)
     size = config.data.image_size
-    train_set = OxfordPetDataset(config.data.data_path, "train", train_transform(size))
-    valid_set = OxfordPetDataset(config.data.data_path, "valid", eval_transform(size))
+    root = config.data.data_path
+    skip_bad = config.data.skip_bad
+    train_set = OxfordPetDataset(
+        root, "train", train_transform(size), names=checked_names(root, "train", skip_bad)
+    )
+    valid_set = OxfordPetDataset(
+        root, "valid", eval_transform(size), names=checked_names(root, "valid", skip_bad)
+    )
     if config.batch_size > len(train_set):
         raise PetsegError(
             f"--batch_size {config.batch_size} is larger than the training split "
@@ -242,6 +249,16 @@ def restore_or_start(
     )
     model_config = ModelConfig(resume["model_type"], dict(resume["model_kwargs"]))
     return TrainState(model, model_config, optimizer, int(resume["epoch"]), best_dice, history)
+
+
+def resume_hint(model_path: Path) -> str:
+    """What an interrupted run left: checkpoints are only ever written whole (atomic rename),
+    so the last finished epoch is intact on disk whatever moment the run stopped."""
+    last = last_checkpoint_path(model_path)
+    if not last.exists():
+        return "no epoch finished, nothing saved"
+    epoch = load_checkpoint(last).get("epoch", "?")
+    return f"{last} holds epoch {epoch}; run the same command to resume"
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -13,7 +13,7 @@ valid = index % 10 == 0, test = test.txt. The border class counts as pet.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -74,7 +74,7 @@ def trimap_to_mask(trimap: np.ndarray) -> np.ndarray:
 
 
 # What PIL raises for files it cannot decode; DecompressionBombError keeps its bomb guard on.
-_DECODE_ERRORS = (
+DECODE_ERRORS = (
     UnidentifiedImageError,
     Image.DecompressionBombError,
     OSError,
@@ -98,7 +98,7 @@ def load_rgb(path: Path, exif_transpose: bool = False) -> np.ndarray:
         raise PetsegError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise PetsegError(f"{path}: is a folder, not an image") from None
-    except _DECODE_ERRORS as error:
+    except DECODE_ERRORS as error:
         raise PetsegError(f"{path}: cannot decode image ({error})") from None
 
 
@@ -109,7 +109,7 @@ def load_mask(path: Path) -> np.ndarray:
             return trimap_to_mask(np.asarray(trimap.convert("L")))
     except FileNotFoundError:
         raise PetsegError(f"{path}: trimap not found") from None
-    except _DECODE_ERRORS as error:
+    except DECODE_ERRORS as error:
         raise PetsegError(f"{path}: cannot decode trimap ({error})") from None
 
 
@@ -119,11 +119,18 @@ class OxfordPetDataset(Dataset):
     Items are ``(image (3, H, W) float, mask (1, H, W) float in {0, 1})`` after the transform.
     """
 
-    def __init__(self, root: Path, split: Split, transform: Transform) -> None:
+    def __init__(
+        self,
+        root: Path,
+        split: Split,
+        transform: Transform,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        """names: a subset of the split (e.g. without bad samples); default the whole split."""
         self.root = Path(root)
         self.split = split
         self.transform = transform
-        self.names = read_split_names(self.root, split)
+        self.names = list(names) if names is not None else read_split_names(self.root, split)
         missing = [
             path
             for name in self.names
