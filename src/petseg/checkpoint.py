@@ -7,6 +7,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as error:
         # The weights-only unpickler refuses any global it does not know (code execution in a
         # crafted file); say which one. Other unpickling errors are plain corruption.
-        unsafe = [line for line in str(error).splitlines() if "Unsupported global" in line]
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if unsafe:
             raise PetsegError(
-                f"{path}: refused to load, it asks to run code ({unsafe[0].strip()[:160]}); "
-                "petseg loads checkpoints with weights_only=True only"
+                f"{path}: refused to load, it asks to import {unsafe.group(1)}, which could run "
+                "code; petseg loads checkpoints with weights_only=True only"
             ) from None
         raise PetsegError(f"{path}: not a readable checkpoint, truncated or corrupt") from None
     except Exception as error:  # garbage bytes make the unpickler raise almost anything

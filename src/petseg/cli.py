@@ -83,6 +83,16 @@ def _add_runtime_flags(parser: argparse.ArgumentParser, batch_size: int) -> None
     )
 
 
+def _add_skip_bad_flag(parser: argparse.ArgumentParser) -> None:
+    _flag(
+        parser,
+        "skip_bad",
+        action="store_true",
+        help="leave out samples that cannot be used (missing, undecodable, mismatched) with a "
+        "warning each, instead of stopping before the run starts",
+    )
+
+
 def _add_data_flags(parser: argparse.ArgumentParser, default: Path | None) -> None:
     _flag(
         parser,
@@ -114,6 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
         "download", help="download and extract the dataset", allow_abbrev=False
     )
     _add_data_flags(download, DEFAULT_DATA_PATH)
+
+    check = commands.add_parser(
+        "check", help="scan the dataset for unusable or unusual files", allow_abbrev=False
+    )
+    _flag(
+        check,
+        "data_path",
+        type=Path,
+        default=DEFAULT_DATA_PATH,
+        help=f"dataset folder to scan (default {DEFAULT_DATA_PATH})",
+    )
 
     train = commands.add_parser(
         "train", help="train a model (resumes when --model_path exists)", allow_abbrev=False
@@ -172,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W1,W2,...",
         help="unet channel widths per level (default 64,128,256,512)",
     )
+    _add_skip_bad_flag(train)
     _add_runtime_flags(train, DEFAULTS.batch_size)
 
     evaluate = commands.add_parser(
@@ -195,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="optional: checked against the checkpoint's",
     )
+    _add_skip_bad_flag(evaluate)
     _add_runtime_flags(evaluate, DEFAULTS.batch_size)
 
     predict = commands.add_parser(
@@ -251,14 +274,22 @@ def run_download(args: argparse.Namespace) -> None:
         print(f"{args.data_path} already holds the dataset; nothing to download")
 
 
+def run_check(args: argparse.Namespace) -> int:
+    from petseg.data.check import check_dataset
+
+    return check_dataset(args.data_path)
+
+
 def run_train(args: argparse.Namespace) -> None:
     from petseg.config import ModelConfig
-    from petseg.train import fit
+    from petseg.train import fit, resume_hint
 
     model_type = args.model_type or "unet"
     kwargs = {"widths": list(args.unet_widths)} if model_type == "unet" else {}
     config = TrainConfig(
-        data=DataConfig(args.data_path, args.image_size, args.num_workers, args.mirror),
+        data=DataConfig(
+            args.data_path, args.image_size, args.num_workers, args.mirror, args.skip_bad
+        ),
         model=ModelConfig(model_type, kwargs),
         model_path=args.model_path or Path("runs") / f"{model_type}.pt",
         epochs=args.epochs,
@@ -267,7 +298,10 @@ def run_train(args: argparse.Namespace) -> None:
         device=args.device,
         seed=args.seed,
     )
-    fit(config, model_type_given=args.model_type is not None)
+    try:
+        fit(config, model_type_given=args.model_type is not None)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(resume_hint(config.model_path)) from None
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -282,6 +316,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         device_name=args.device,
         mirror=args.mirror,
         output=args.output,
+        skip_bad=args.skip_bad,
         model_type=args.model_type,
     )
 
@@ -304,7 +339,8 @@ def run_predict(args: argparse.Namespace) -> None:
     )
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
+    "check": run_check,
     "download": run_download,
     "train": run_train,
     "evaluate": run_evaluate,
@@ -319,22 +355,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except PetsegError as error:
-        print(f"petseg {args.command}: error: {error}", file=sys.stderr)
+        print(f"petseg {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"petseg {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as error:
+        detail = f": {error}" if str(error) else ""
+        print(f"petseg {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
-    except MemoryError:
-        print(
-            f"petseg {args.command}: error: out of memory; try a smaller --batch_size "
-            "or --image_size",
-            file=sys.stderr,
-        )
-        return 1
-    except RuntimeError as error:
-        if "out of memory" not in str(error).lower():
+    except (MemoryError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and "out of memory" not in str(error).lower():
             raise
         print(
             f"petseg {args.command}: error: out of memory; try a smaller --batch_size "
@@ -342,4 +372,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return code or 0
+
+
+def user_message(error: PetsegError) -> str:
+    """The one-line message, also for an error re-raised from a DataLoader worker.
+
+    The worker's re-raise carries the whole worker traceback as the message; its last line is
+    ``petseg.errors.PetsegError: <the original message>``.
+    """
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split("PetsegError: ", 1)[-1]
+    return text.splitlines()[0] if text else "unknown error"

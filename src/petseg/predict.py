@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
 from petseg.data.loading import ensure_dataset, make_loader
-from petseg.data.oxford_pet import Split, load_rgb, read_split_names
+from petseg.data.oxford_pet import DECODE_ERRORS, Split, load_rgb, read_split_names
 from petseg.data.transforms import PairTransform, eval_transform
 from petseg.errors import PetsegError
 from petseg.files import atomic_writer, ensure_folder
@@ -53,6 +53,8 @@ def collect_images(inputs: Iterable[Path]) -> list[Path]:
             paths.append(item)
         else:
             raise PetsegError(f"{item}: no such file or folder")
+    for path in paths:
+        probe_image(path)
     stems: dict[str, Path] = {}
     for path in paths:
         if path.stem in stems:
@@ -62,6 +64,17 @@ def collect_images(inputs: Iterable[Path]) -> list[Path]:
             )
         stems[path.stem] = path
     return paths
+
+
+def probe_image(path: Path) -> None:
+    """Read the header only: fails fast on non-images and decompression bombs before any work."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except DECODE_ERRORS as error:
+        raise PetsegError(f"{path}: not an image petseg can read ({error})") from None
+    if width < 1 or height < 1:
+        raise PetsegError(f"{path}: image has no pixels ({width}x{height})")
 
 
 def split_images(data_path: Path, split: Split) -> list[Path]:
