@@ -1,0 +1,491 @@
+"""Bad inputs get one clear line and exit code 2; crashes lose at most the running epoch.
+
+Each test of the first part is one row of the table in docs/errors.md (the row id is in the
+test name). Data is synthetic: a small copy of the official layout built per test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from petseg.checkpoint import last_checkpoint_path, make_checkpoint, save_checkpoint
+from petseg.cli import main
+from petseg.models import build_model
+
+SIZE = 32
+TRAINVAL = [f"Breed_{index}" for index in range(1, 21)]  # 18 train, 2 valid
+TEST = ["Other_1", "Other_2"]
+
+
+def write_sample(root: Path, name: str, index: int, height: int = 40, width: int = 48) -> None:
+    rng = np.random.default_rng(index)
+    trimap = np.full((height, width), 2, dtype=np.uint8)
+    trimap[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 1
+    pixels = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
+    pixels[trimap == 1] += 150  # a bright "pet" on a dark background: learnable
+    Image.fromarray(pixels).save(root / "images" / f"{name}.jpg", quality=95)
+    Image.fromarray(trimap).save(root / "annotations" / "trimaps" / f"{name}.png")
+
+
+def make_dataset(root: Path, trainval: list[str] = TRAINVAL, test: list[str] = TEST) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    for index, name in enumerate(trainval + test):
+        write_sample(root, name, index)
+    (root / "annotations" / "trainval.txt").write_text("".join(f"{n} 1 1 1\n" for n in trainval))
+    (root / "annotations" / "test.txt").write_text("".join(f"{n} 1 1 1\n" for n in test))
+    return root
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "pets")
+
+
+@pytest.fixture
+def checkpoint_path(tmp_path: Path) -> Path:
+    """A tiny UNet checkpoint (untrained: these tests are about inputs, not accuracy)."""
+    torch.manual_seed(0)
+    model = build_model("unet", widths=[4, 8])
+    path = tmp_path / "tiny.pt"
+    checkpoint = make_checkpoint(
+        model,
+        model_type="unet",
+        model_kwargs={"widths": [4, 8]},
+        image_size=SIZE,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        epoch=1,
+    )
+    save_checkpoint(path, checkpoint)
+    return path
+
+
+def train_args(data: Path, model_path: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--data_path", str(data), "--model_path", str(model_path),
+        "--model_type", "unet", "--unet_widths", "4,8", "--image_size", str(SIZE),
+        "--batch_size", "4", "--epochs", "1", "--num_workers", "0", *extra,
+    ]  # fmt: skip
+
+
+def fails_with(capsys: pytest.CaptureFixture, argv: list[str], *fragments: str) -> str:
+    """Run the CLI in-process; assert exit 2 and one stderr line holding every fragment."""
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("petseg ")]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- data path and dataset contents -----------------------------------------------------------
+
+
+def test_row01_nonexistent_data_path_without_network(tmp_path, capsys) -> None:
+    missing = tmp_path / "no-such-folder"
+    mirror = f"http://127.0.0.1:{closed_port()}"
+    fails_with(
+        capsys,
+        train_args(missing, tmp_path / "m.pt", "--mirror", mirror),
+        "cannot download",
+        "--mirror",
+    )
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_row02_data_path_is_a_file(tmp_path, capsys) -> None:
+    not_a_folder = tmp_path / "pets.txt"
+    not_a_folder.write_text("hello")
+    fails_with(capsys, train_args(not_a_folder, tmp_path / "m.pt"), str(not_a_folder))
+
+
+def test_row03_empty_split_file(data, tmp_path, capsys) -> None:
+    (data / "annotations" / "trainval.txt").write_text("")
+    fails_with(capsys, train_args(data, tmp_path / "m.pt"), "trainval.txt", "empty")
+
+
+def test_row04_listed_image_missing(data, tmp_path, capsys) -> None:
+    missing = data / "images" / f"{TRAINVAL[3]}.jpg"
+    missing.unlink()
+    fails_with(capsys, train_args(data, tmp_path / "m.pt"), str(missing), "missing")
+
+
+def test_row05_undecodable_image(data, tmp_path, capsys) -> None:
+    broken = data / "images" / f"{TRAINVAL[4]}.jpg"
+    broken.write_bytes(b"\x00garbage, not a JPEG" * 10)
+    fails_with(capsys, train_args(data, tmp_path / "m.pt"), str(broken), "cannot decode image")
+
+
+def test_row06_truncated_jpeg(data, tmp_path, capsys) -> None:
+    truncated = data / "images" / f"{TRAINVAL[5]}.jpg"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    fails_with(capsys, train_args(data, tmp_path / "m.pt"), str(truncated), "truncated")
+
+
+def test_row07_image_and_trimap_sizes_differ(data, tmp_path, capsys) -> None:
+    trimap = data / "annotations" / "trimaps" / f"{TRAINVAL[6]}.png"
+    Image.fromarray(np.full((10, 10), 2, dtype=np.uint8)).save(trimap)
+    fails_with(capsys, train_args(data, tmp_path / "m.pt"), str(trimap), "differs")
+
+
+def test_row08_unexpected_trimap_values(data, tmp_path, capsys) -> None:
+    trimap = data / "annotations" / "trimaps" / f"{TRAINVAL[7]}.png"
+    Image.fromarray(np.full((40, 48), 7, dtype=np.uint8)).save(trimap)
+    fails_with(capsys, train_args(data, tmp_path / "m.pt"), str(trimap), "[7]")
+
+
+def test_row09_skip_bad_warns_once_per_file_and_trains(data, tmp_path, capsys) -> None:
+    bad = [TRAINVAL[2], TRAINVAL[8]]
+    for name in bad:
+        (data / "images" / f"{name}.jpg").write_bytes(b"not an image")
+    model_path = tmp_path / "m.pt"
+    assert main(train_args(data, model_path, "--skip_bad")) == 0
+    err = capsys.readouterr().err
+    for name in bad:
+        assert err.count(f"skipping {name} ") == 1
+    checkpoint = torch.load(model_path, weights_only=True)
+    assert checkpoint["epoch"] == 1
+
+
+def test_row10_check_lists_problems_and_exits_1(data, capsys) -> None:
+    (data / "images" / f"{TRAINVAL[1]}.jpg").write_bytes(b"junk")
+    rgba = Image.new("RGBA", (48, 40), (200, 10, 10, 255))
+    rgba.save(data / "images" / f"{TEST[0]}.jpg", format="PNG")  # as in the real dataset
+    (data / "annotations" / "test.txt").write_text(f"{TEST[0]} 1 1 1\n{TEST[0]} 1 1 1\n")
+    assert main(["check", "--data_path", str(data)]) == 1
+    out = capsys.readouterr().out
+    assert f"error  {data / 'images' / TRAINVAL[1]}.jpg: cannot decode image" in out
+    assert "RGBA image, converted to RGB" in out
+    assert f"{TEST[0]} is listed 2 times" in out
+    assert "2 errors, 1 unusable samples" in out
+
+
+def test_row10b_check_of_a_clean_dataset_exits_0(data, capsys) -> None:
+    assert main(["check", "--data_path", str(data)]) == 0
+    assert "0 errors" in capsys.readouterr().out
+
+
+# --- model type and checkpoints ---------------------------------------------------------------
+
+
+def test_row11_unknown_model_type(data, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data_path", str(data), "--model_type", "resnet50"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'resnet50'" in capsys.readouterr().err
+
+
+def test_row12_model_path_not_a_checkpoint(data, tmp_path, capsys) -> None:
+    notes = tmp_path / "notes.pt"
+    notes.write_text("my training notes")
+    fails_with(
+        capsys,
+        ["evaluate", "--model_path", str(notes), "--data_path", str(data)],
+        str(notes),
+        "not a readable checkpoint",
+    )
+
+
+def test_row13_truncated_checkpoint(checkpoint_path, data, capsys) -> None:
+    data_bytes = checkpoint_path.read_bytes()
+    checkpoint_path.write_bytes(data_bytes[: len(data_bytes) // 2])
+    fails_with(
+        capsys,
+        ["evaluate", "--model_path", str(checkpoint_path), "--data_path", str(data)],
+        "truncated or corrupt",
+    )
+
+
+def test_row14_checkpoint_of_another_architecture(checkpoint_path, data, capsys) -> None:
+    fails_with(
+        capsys,
+        ["evaluate", "--model_path", str(checkpoint_path), "--data_path", str(data),
+         "--model_type", "resnet34_unet"],
+        "holds a unet model, not resnet34_unet",
+    )  # fmt: skip
+    # and training on top of it with another architecture
+    fails_with(
+        capsys,
+        ["train", "--data_path", str(data), "--model_path", str(checkpoint_path),
+         "--model_type", "resnet34_unet", "--epochs", "3"],
+        "holds a unet model",
+    )  # fmt: skip
+
+
+class _Payload:
+    """Unpickling this runs open(marker, "w"): what a malicious checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_row15_malicious_checkpoint_is_refused_unexecuted(tmp_path, data, capsys) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "petseg-checkpoint", "payload": _Payload(marker)}, evil)
+    fails_with(
+        capsys,
+        ["predict", "--model_path", str(evil), str(data / "images")],
+        "refused to load",
+        "weights_only",
+    )
+    assert not marker.exists()
+
+
+# --- predict inputs ---------------------------------------------------------------------------
+
+
+def predict_args(checkpoint_path: Path, save_dir: Path, *inputs: Path) -> list[str]:
+    return ["predict", "--model_path", str(checkpoint_path), "--save_dir", str(save_dir),
+            "--num_workers", "0", *map(str, inputs)]  # fmt: skip
+
+
+def test_row16_predict_on_a_non_image_file(checkpoint_path, tmp_path, capsys) -> None:
+    text = tmp_path / "readme.jpg"
+    text.write_text("not really a jpeg")
+    fails_with(capsys, predict_args(checkpoint_path, tmp_path / "out", text), str(text))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_row17_predict_on_an_empty_folder(checkpoint_path, tmp_path, capsys) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails_with(capsys, predict_args(checkpoint_path, tmp_path / "out", empty), "no image files")
+
+
+def test_row18_predict_on_a_decompression_bomb(checkpoint_path, tmp_path, capsys, monkeypatch):
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (200, 200)).save(bomb)  # 40,000 pixels, over twice the limit set below
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
+    fails_with(capsys, predict_args(checkpoint_path, tmp_path / "out", bomb), str(bomb), "bomb")
+
+
+def test_row19_predict_on_a_1x1_image(checkpoint_path, tmp_path) -> None:
+    tiny = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(tiny)
+    assert main(predict_args(checkpoint_path, tmp_path / "out", tiny)) == 0
+    with Image.open(tmp_path / "out" / "dot.png") as mask:
+        assert mask.size == (1, 1)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_row20_predict_on_grayscale_and_cmyk_jpegs(checkpoint_path, tmp_path, mode) -> None:
+    photo = tmp_path / f"photo_{mode}.jpg"
+    Image.new(mode, (37, 23)).save(photo, format="JPEG")
+    assert main(predict_args(checkpoint_path, tmp_path / "out", photo)) == 0
+    with Image.open(tmp_path / "out" / f"photo_{mode}.png") as mask:
+        assert mask.size == (37, 23) and mask.mode == "L"
+
+
+def test_row21_unwritable_save_dir(checkpoint_path, data, tmp_path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    fails_with(
+        capsys,
+        predict_args(checkpoint_path, blocker / "masks", data / "images" / f"{TEST[0]}.jpg"),
+        str(blocker),
+    )
+    assert blocker.read_text() == "a file where a folder should be"
+
+
+def test_row22_same_named_images_would_overwrite(checkpoint_path, tmp_path, capsys) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "cat.jpg")
+    fails_with(
+        capsys,
+        predict_args(checkpoint_path, tmp_path / "out", tmp_path / "a", tmp_path / "b"),
+        "same name",
+    )
+
+
+def test_row23_threshold_out_of_range(checkpoint_path, tmp_path, capsys) -> None:
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (8, 8)).save(photo)
+    fails_with(
+        capsys,
+        [*predict_args(checkpoint_path, tmp_path / "out", photo), "--threshold", "1.5"],
+        "--threshold",
+    )
+
+
+# --- numbers and devices ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "fragment"),
+    [("--epochs", "0", "must be >= 1"), ("--learning-rate", "-0.001", "must be > 0.0"),
+     ("--batch_size", "0", "must be >= 1")],
+)  # fmt: skip
+def test_row24_invalid_numbers(data, tmp_path, capsys, flag, value, fragment) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*train_args(data, tmp_path / "m.pt"), flag, value])
+    assert exit_info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_row25_batch_size_larger_than_the_dataset(data, tmp_path, capsys) -> None:
+    fails_with(
+        capsys,
+        [*train_args(data, tmp_path / "m.pt"), "--batch_size", "64"],
+        "--batch_size 64 is larger than the training split (18 images",
+    )
+
+
+def test_row26_cuda_asked_without_a_gpu(data, tmp_path, capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    fails_with(capsys, [*train_args(data, tmp_path / "m.pt"), "--device", "cuda"], "--device cpu")
+
+
+def test_row27_out_of_memory_gets_a_hint(data, tmp_path, capsys, monkeypatch) -> None:
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("petseg.train.fit", exhausted)
+    assert main(train_args(data, tmp_path / "m.pt")) == 1
+    err = capsys.readouterr().err
+    assert "out of memory; try a smaller --batch_size or --image_size" in err
+    assert "Traceback" not in err
+
+
+def test_row28_evaluate_empty_split_name(checkpoint_path, data, capsys) -> None:
+    (data / "annotations" / "test.txt").write_text("\n\n")
+    fails_with(
+        capsys,
+        ["evaluate", "--model_path", str(checkpoint_path), "--data_path", str(data)],
+        "test split is empty",
+    )
+
+
+# --- crash safety -----------------------------------------------------------------------------
+
+
+def launch_training(data: Path, model_path: Path, epochs: int) -> subprocess.Popen:
+    argv = [*train_args(data, model_path), "--epochs", str(epochs), "--num_workers", "2"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "petseg", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal job
+    )
+
+
+def wait_for_epoch(model_path: Path, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    last = last_checkpoint_path(model_path)
+    deadline = time.monotonic() + timeout
+    while not last.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no epoch finished in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def slow_data(tmp_path: Path) -> Path:
+    """More images so an epoch lasts long enough to be interrupted in the middle."""
+    return make_dataset(tmp_path / "pets", [f"Breed_{i}" for i in range(1, 81)])
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_loses_at_most_the_running_epoch(slow_data, tmp_path) -> None:
+    model_path = tmp_path / "run" / "m.pt"
+    process = launch_training(slow_data, model_path, epochs=3)
+    wait_for_epoch(model_path, process)
+    time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    newest = torch.load(last_checkpoint_path(model_path), weights_only=True)
+    assert newest["epoch"] >= 1
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "petseg", *train_args(slow_data, model_path), "--epochs", "3"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from {last_checkpoint_path(model_path)}: epoch {newest['epoch']}" in (
+        resumed.stdout
+    )
+    assert torch.load(last_checkpoint_path(model_path), weights_only=True)["epoch"] == 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_with_one_line_naming_the_checkpoint(slow_data, tmp_path) -> None:
+    model_path = tmp_path / "run" / "m.pt"
+    process = launch_training(slow_data, model_path, epochs=50)
+    wait_for_epoch(model_path, process)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("petseg train: interrupted: ")
+    assert "run the same command to resume" in last_line
+    assert torch.load(last_checkpoint_path(model_path), weights_only=True)["epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_resume_is_exact(data, tmp_path) -> None:
+    """Two epochs straight equal one epoch, a restart, and one more: same weights."""
+    straight, split = tmp_path / "straight.pt", tmp_path / "split.pt"
+    extra = ("--num_workers", "2", "--learning-rate", "1e-3")
+    assert main([*train_args(data, straight, *extra), "--epochs", "2"]) == 0
+    assert main([*train_args(data, split, *extra), "--epochs", "1"]) == 0
+    assert main([*train_args(data, split, *extra), "--epochs", "2"]) == 0
+    a = torch.load(last_checkpoint_path(straight), weights_only=True)
+    b = torch.load(last_checkpoint_path(split), weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, tensor in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], tensor, rtol=0, atol=1e-6, msg=key)
+    assert a["valid_scores"] == pytest.approx(b["valid_scores"])
+
+
+def test_atomic_write_keeps_the_old_checkpoint_when_saving_fails(
+    checkpoint_path, monkeypatch
+) -> None:
+    before = checkpoint_path.read_bytes()
+
+    def broken_save(obj, handle) -> None:
+        handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(checkpoint_path, {"format": "petseg-checkpoint"})
+    assert checkpoint_path.read_bytes() == before
+    assert [p.name for p in checkpoint_path.parent.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_row29_predict_without_inputs_or_data_path(checkpoint_path, capsys) -> None:
+    fails_with(capsys, ["predict", "--model_path", str(checkpoint_path)], "needs image files")
+
+
+def test_row33_check_on_a_missing_folder(tmp_path, capsys) -> None:
+    missing = tmp_path / "nothing"
+    fails_with(capsys, ["check", "--data_path", str(missing)], str(missing), "no such folder")
