@@ -1,0 +1,124 @@
+"""Model-only throughput: training steps (forward + backward + Adam) and inference, images/s.
+
+Prints one JSON line per (model, setting). Settings: fp32, channels_last, and bf16 autocast
+with channels_last. With segmentation-models-pytorch installed, its Unet(resnet34,
+encoder_weights=None) runs in the same process with the same settings, and a ratio is printed.
+
+    python bench/throughput.py --image_size 256 --batch_size 4 --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from petseg.models import build_model
+
+SETTINGS = {
+    "fp32": {"channels_last": False, "bf16": False},
+    "fp32+channels_last": {"channels_last": True, "bf16": False},
+    "bf16+channels_last": {"channels_last": True, "bf16": True},
+}
+
+
+def smp_unet() -> nn.Module | None:
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        return None
+    return smp.Unet("resnet34", encoder_weights=None, classes=1)
+
+
+def measure(
+    make_model: Callable[[], nn.Module],
+    *,
+    size: int,
+    batch_size: int,
+    steps: int,
+    channels_last: bool,
+    bf16: bool,
+    train: bool,
+) -> float:
+    """Images per second over `steps` timed iterations after one warm-up."""
+    torch.manual_seed(0)
+    model = make_model()
+    images = torch.randn(batch_size, 3, size, size)
+    masks = (torch.rand(batch_size, 1, size, size) > 0.5).float()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train(train)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if not train:
+                with torch.inference_mode():
+                    model(images)
+                return
+            logits = model(images)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch_size * steps / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image_size", type=int, default=256)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--models", default="resnet34_unet,unet,smp_unet_resnet34")
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    args = parser.parse_args()
+
+    makers: dict[str, Callable[[], nn.Module]] = {
+        "resnet34_unet": lambda: build_model("resnet34_unet"),
+        "unet": lambda: build_model("unet"),
+    }
+    if smp_unet() is not None:
+        makers["smp_unet_resnet34"] = smp_unet  # type: ignore[assignment]
+    results: dict[tuple[str, str, str], float] = {}
+    for name in args.models.split(","):
+        if name not in makers:
+            print(json.dumps({"model": name, "skipped": "not available"}))
+            continue
+        for setting in args.settings.split(","):
+            for mode in ("train", "infer"):
+                rate = measure(
+                    makers[name],
+                    size=args.image_size,
+                    batch_size=args.batch_size,
+                    steps=args.steps,
+                    train=mode == "train",
+                    **SETTINGS[setting],
+                )
+                results[name, setting, mode] = rate
+                print(json.dumps({
+                    "model": name, "setting": setting, "mode": mode,
+                    "image_size": args.image_size, "batch_size": args.batch_size,
+                    "img_per_s": round(rate, 2),
+                    "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                    "threads": torch.get_num_threads(),
+                }), flush=True)  # fmt: skip
+    for (name, setting, mode), rate in results.items():
+        reference = results.get(("smp_unet_resnet34", setting, mode))
+        if name != "smp_unet_resnet34" and reference:
+            print(json.dumps({"ratio": f"{name} / smp_unet_resnet34", "setting": setting,
+                              "mode": mode, "value": round(rate / reference, 3)}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
