@@ -30,3 +30,55 @@ def resolve_device(name: str) -> torch.device:
             "--device cuda was asked for but no CUDA GPU is available; use --device cpu"
         )
     return torch.device(name)
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# CPU flags of native bfloat16 arithmetic; without them oneDNN emulates bf16, which on an AVX2
+# machine measured 0.2 img/s against 6.2 img/s in fp32 (ResNet34-UNet, 128 px, training).
+NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def resolve_precision(
+    requested: str,
+    device: torch.device,
+    *,
+    cpu_bf16: bool | None = None,
+    cuda_bf16: bool | None = None,
+) -> str:
+    """'fp32', 'bf16' or 'fp16' for autocast on `device`.
+
+    auto: bf16 on CUDA GPUs that support it and on CPUs with native bf16 instructions, fp16
+    (with a gradient scaler) on older GPUs, fp32 otherwise. cpu_bf16 / cuda_bf16 override the
+    hardware probes (for tests).
+    """
+    if requested not in PRECISIONS:
+        raise PetsegError(f"unknown precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        if cuda_bf16 is None:
+            cuda_bf16 = torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            return "bf16" if cuda_bf16 else "fp16"
+        if requested == "bf16" and not cuda_bf16:
+            raise PetsegError(
+                "--precision bf16: this GPU has no bfloat16 support; use fp16 or auto"
+            )
+        return requested
+    if requested == "fp16":
+        raise PetsegError("--precision fp16 needs a CUDA GPU; on CPU use bf16, fp32 or auto")
+    if cpu_bf16 is None:
+        cpu_bf16 = bool(NATIVE_BF16_CPU_FLAGS & cpu_flags())
+    if requested == "auto":
+        return "bf16" if cpu_bf16 else "fp32"
+    return requested

@@ -1,0 +1,50 @@
+"""Device and precision choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from petseg.errors import PetsegError
+from petseg.runtime import cpu_flags, resolve_device, resolve_precision
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.mark.parametrize(("cpu_bf16", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_on_cpu_uses_bf16_only_with_native_support(cpu_bf16: bool, expected: str) -> None:
+    assert resolve_precision("auto", CPU, cpu_bf16=cpu_bf16) == expected
+
+
+@pytest.mark.parametrize(("cuda_bf16", "expected"), [(True, "bf16"), (False, "fp16")])
+def test_auto_on_cuda_prefers_bf16_then_fp16(cuda_bf16: bool, expected: str) -> None:
+    assert resolve_precision("auto", CUDA, cuda_bf16=cuda_bf16) == expected
+
+
+def test_explicit_choices_are_kept_where_the_hardware_allows() -> None:
+    assert resolve_precision("fp32", CPU, cpu_bf16=True) == "fp32"
+    assert resolve_precision("bf16", CPU, cpu_bf16=False) == "bf16"  # allowed, only slow
+    assert resolve_precision("fp16", CUDA, cuda_bf16=True) == "fp16"
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "fragment"),
+    [("fp16", CPU, "needs a CUDA GPU"), ("bf16", CUDA, "no bfloat16"), ("fp8", CPU, "unknown")],
+)
+def test_impossible_precisions_are_user_errors(requested, device, fragment) -> None:
+    with pytest.raises(PetsegError, match=fragment):
+        resolve_precision(requested, device, cpu_bf16=False, cuda_bf16=False)
+
+
+def test_the_probe_reads_this_machines_flags() -> None:
+    flags = cpu_flags()
+    assert isinstance(flags, frozenset)
+    # every x86-64 Linux machine reports at least SSE2; elsewhere the probe returns nothing
+    assert not flags or "sse2" in flags or "fp" in flags or "neon" in flags or "asimd" in flags
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type in {"cpu", "cuda"}
+    with pytest.raises(PetsegError, match="unknown device"):
+        resolve_device("tpu")
