@@ -19,6 +19,8 @@ MODEL_TYPES = ("unet", "resnet34_unet")  # mirrors petseg.models.MODELS without 
 SPLITS = ("train", "valid", "test")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULTS = TrainConfig()
+DIST_BACKENDS = ("auto", "nccl", "gloo")  # mirrors petseg.distributed without importing torch
+DIST_TIMEOUT_S = 600.0
 
 
 def _number(kind: Callable[[str], Any], minimum: float, strict: bool = False) -> Callable:
@@ -59,13 +61,15 @@ def _flag(parser: argparse.ArgumentParser, name: str, *extra: str, **kwargs: Any
     parser.add_argument(*spellings, dest=name, **kwargs)
 
 
-def _add_runtime_flags(parser: argparse.ArgumentParser, batch_size: int) -> None:
+def _add_runtime_flags(
+    parser: argparse.ArgumentParser, batch_size: int, batch_help: str = "images per batch"
+) -> None:
     _flag(
         parser,
         "batch_size",
         type=positive_int,
         default=batch_size,
-        help=f"images per batch (default {batch_size})",
+        help=f"{batch_help} (default {batch_size})",
     )
     _flag(
         parser,
@@ -108,6 +112,32 @@ def _add_data_flags(parser: argparse.ArgumentParser, default: Path | None) -> No
         default=None,
         metavar="URL",
         help="base URL serving images.tar.gz and annotations.tar.gz instead of Oxford's",
+    )
+
+
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags for `torchrun ... -m petseg train`; a single process ignores them."""
+    _flag(
+        parser,
+        "dist_backend",
+        choices=DIST_BACKENDS,
+        default="auto",
+        help="under torchrun: auto = nccl on CUDA, gloo on CPU (default auto)",
+    )
+    _flag(
+        parser,
+        "dist_timeout",
+        type=positive_float,
+        default=DIST_TIMEOUT_S,
+        metavar="SECONDS",
+        help="under torchrun: how long to wait for the other processes to join, and in any "
+        f"collective step, before failing (default {DIST_TIMEOUT_S:g})",
+    )
+    _flag(
+        parser,
+        "sync_batchnorm",
+        action="store_true",
+        help="under torchrun on GPUs: BatchNorm statistics over the whole batch of all processes",
     )
 
 
@@ -194,7 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="unet channel widths per level (default 64,128,256,512)",
     )
     _add_skip_bad_flag(train)
-    _add_runtime_flags(train, DEFAULTS.batch_size)
+    _add_runtime_flags(
+        train,
+        DEFAULTS.batch_size,
+        "images per batch and process: under torchrun each step uses batch_size x processes",
+    )
+    _add_distributed_flags(train)
 
     evaluate = commands.add_parser(
         "evaluate", help="score a checkpoint on a split", allow_abbrev=False
@@ -282,6 +317,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> None:
     from petseg.config import ModelConfig
+    from petseg.distributed import world_session
     from petseg.train import fit, resume_hint
 
     model_type = args.model_type or "unet"
@@ -298,8 +334,15 @@ def run_train(args: argparse.Namespace) -> None:
         device=args.device,
         seed=args.seed,
     )
+    session = world_session(
+        args.device,
+        backend=args.dist_backend,
+        timeout_s=args.dist_timeout,
+        sync_batchnorm=args.sync_batchnorm,
+    )
     try:
-        fit(config, model_type_given=args.model_type is not None)
+        with session as world:
+            fit(config, model_type_given=args.model_type is not None, world=world)
     except KeyboardInterrupt:
         raise KeyboardInterrupt(resume_hint(config.model_path)) from None
 

@@ -39,12 +39,16 @@ def evaluate_model(
     threshold: float = 0.5,
     loss_fn: LossFn | None = None,
     desc: str = "evaluate",
+    progress: bool = True,
 ) -> Evaluation:
     """Score every image of the loader once: per-image counts at `threshold` on probabilities."""
     model.eval()
     scores = SegmentationScores()
     loss_sum, seen = 0.0, 0
-    for images, masks in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+    bar = tqdm(
+        loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not progress
+    )
+    for images, masks in bar:
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         logits = model(images).float()  # (N, 1, H, W)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from petseg import distributed
 from petseg.checkpoint import (
     history_path,
     last_checkpoint_path,
@@ -64,11 +65,14 @@ def train_one_epoch(
     loss_fn: LossFn,
     device: torch.device,
     desc: str,
+    progress: bool = True,
 ) -> float:
     """One pass over the loader; returns the mean loss per image."""
     model.train()
     loss_sum, seen = 0.0, 0
-    bar = tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not progress
+    )
     for images, masks in bar:
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
@@ -83,17 +87,23 @@ def train_one_epoch(
     return loss_sum / max(seen, 1)
 
 
-def fit(config: TrainConfig, *, model_type_given: bool = True) -> dict[str, Any]:
+def fit(
+    config: TrainConfig, *, model_type_given: bool = True, world: distributed.World | None = None
+) -> dict[str, Any]:
     """Train per `config`, resuming when its model_path exists. Returns the final summary.
 
     model_type_given: whether the user chose the model type; when resuming without it, the
     checkpoint's type is used, and a conflicting explicit choice is an error.
+    world: this process's place under torchrun (see petseg.distributed); default one process.
     """
-    device = resolve_device(config.device)
+    world = world or distributed.World(resolve_device(config.device))
+    device = world.device
     seed_everything(config.seed)
     ensure_folder(config.model_path.parent)
+    distributed.require_dataset(world, config.data.data_path)
     ensure_dataset(config.data.data_path, config.data.mirror)
     state = restore_or_start(config, device, model_type_given=model_type_given)
+    distributed.check_same_start(world, state.start_epoch, config.model_path)
     config = replace(config, model=state.model_config)  # a resumed run keeps its architecture
     if state.start_epoch >= config.epochs:
         print(
@@ -117,14 +127,16 @@ def fit(config: TrainConfig, *, model_type_given: bool = True) -> dict[str, Any]
             f"({len(train_set)} images in {config.data.data_path})"
         )
     generator = torch.Generator()
+    sampler = distributed.train_sampler(train_set, world, config.seed)
     train_loader = make_loader(
         train_set,
         config.batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
         num_workers=config.data.num_workers,
         device=device,
         generator=generator,
-        drop_last=len(train_set) > config.batch_size,
+        drop_last=(len(sampler) if sampler is not None else len(train_set)) > config.batch_size,
+        sampler=sampler,
     )
     valid_loader = make_loader(
         valid_set,
@@ -132,6 +144,7 @@ def fit(config: TrainConfig, *, model_type_given: bool = True) -> dict[str, Any]
         shuffle=False,
         num_workers=config.data.num_workers,
         device=device,
+        sampler=distributed.valid_sampler(valid_set, world),
     )
     loss_fn = nn.BCEWithLogitsLoss()
     print(
@@ -139,30 +152,43 @@ def fit(config: TrainConfig, *, model_type_given: bool = True) -> dict[str, Any]
         f"parameters) on {device.type} at {size}x{size}: {len(train_set)} train / "
         f"{len(valid_set)} valid images, epochs {state.start_epoch + 1}..{config.epochs}"
     )
+    if world.distributed:
+        print(
+            f"data parallel over {world.size} processes ({world.backend}): batch "
+            f"{config.batch_size} per process, {config.batch_size * world.size} per step"
+        )
+    train_model = distributed.wrap_model(state.model, world)
 
     best_dice, history = state.best_dice, state.history
     for epoch in range(state.start_epoch + 1, config.epochs + 1):
         # Shuffle order and augmentation depend on (seed, epoch) only, so a resumed run sees
-        # the same data stream as an uninterrupted one.
-        epoch_seed = config.seed * 100_003 + epoch
+        # the same data stream as an uninterrupted one. Under torchrun, ranks augment differently.
+        epoch_seed = config.seed * 100_003 + epoch + world.rank * distributed.RANK_SEED_STRIDE
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         generator.manual_seed(epoch_seed)
         train_set.transform.set_seed(epoch_seed)
         started = time.perf_counter()
         train_loss = train_one_epoch(
-            state.model,
+            train_model,
             train_loader,
             state.optimizer,
             loss_fn,
             device,
             desc=f"epoch {epoch}/{config.epochs}",
+            progress=world.is_main,
         )
+        train_loss = distributed.mean_over_ranks(train_loss, world)
+        distributed.broadcast_buffers(state.model, world)
         evaluation = evaluate_model(
             state.model,
             valid_loader,
             device,
             loss_fn=loss_fn,
             desc=f"epoch {epoch}/{config.epochs} valid",
+            progress=world.is_main,
         )
+        evaluation = distributed.gather_evaluation(evaluation, len(valid_set), world)
         scores = evaluation.scores.summary()
         seconds = time.perf_counter() - started
         improved = scores["dice"] > best_dice
@@ -190,12 +216,18 @@ def fit(config: TrainConfig, *, model_type_given: bool = True) -> dict[str, Any]
             best_dice=best_dice,
             valid_scores=scores,
             optimizer=state.optimizer.state_dict(),
-            config=to_plain(config),
+            config={
+                **to_plain(config),
+                "world_size": world.size,
+                "sync_batchnorm": world.sync_batchnorm,
+            },
         )
-        save_checkpoint(last_checkpoint_path(config.model_path), checkpoint)
-        if improved:
-            save_checkpoint(config.model_path, checkpoint)
-        write_history(history_path(config.model_path), history)
+        if world.is_main:
+            save_checkpoint(last_checkpoint_path(config.model_path), checkpoint)
+            if improved:
+                save_checkpoint(config.model_path, checkpoint)
+            write_history(history_path(config.model_path), history)
+        distributed.barrier(world)  # the files exist before any rank goes on
         tqdm.write(
             f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  "
             f"valid loss {evaluation.loss:.4f}  valid Dice {scores['dice']:.4f}"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from petseg.data.download import download_dataset
 from petseg.data.oxford_pet import missing_archives
@@ -43,6 +43,7 @@ def make_loader(
     generator: torch.Generator | None = None,
     drop_last: bool = False,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    sampler: Sampler | None = None,
 ) -> DataLoader:
     return DataLoader(
         dataset,
@@ -55,4 +56,5 @@ def make_loader(
         worker_init_fn=seed_worker if num_workers > 0 else None,
         persistent_workers=False,
         collate_fn=collate_fn,
+        sampler=sampler,
     )
