@@ -39,6 +39,24 @@ def _number(kind: Callable[[str], Any], minimum: float, strict: bool = False) ->
 positive_int = _number(int, 1)
 non_negative_int = _number(int, 0)
 positive_float = _number(float, 0.0, strict=True)
+MAX_GALLERY = 100  # rows of one contact sheet; more would exceed what a PNG viewer shows well
+
+
+def _gallery_size(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_GALLERY:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_GALLERY}, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid float") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -57,6 +75,16 @@ def _flag(parser: argparse.ArgumentParser, name: str, *extra: str, **kwargs: Any
     """Add --name with both spellings, e.g. --data_path and --data-path."""
     spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}", *extra])
     parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+def _add_tta_flag(parser: argparse.ArgumentParser) -> None:
+    _flag(
+        parser,
+        "tta",
+        action="store_true",
+        help="test-time augmentation: average the probabilities of each image and its "
+        "horizontal mirror (twice the compute)",
+    )
 
 
 def _add_runtime_flags(parser: argparse.ArgumentParser, batch_size: int) -> None:
@@ -190,6 +218,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         evaluate,
+        "gallery",
+        type=_gallery_size,
+        default=0,
+        metavar="N",
+        help=f"also draw the N worst images (by per-image Dice, N <= {MAX_GALLERY}) as a PNG "
+        "contact sheet: image, ground truth, prediction, error map",
+    )
+    _flag(
+        evaluate,
+        "gallery_path",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="where --gallery goes (default OUTPUT_STEM.gallery.png beside --output, "
+        "else NAME.SPLIT.gallery.png beside the checkpoint)",
+    )
+    _add_tta_flag(evaluate)
+    _flag(
+        evaluate,
         "model_type",
         choices=MODEL_TYPES,
         default=None,
@@ -283,6 +330,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
         mirror=args.mirror,
         output=args.output,
         model_type=args.model_type,
+        tta=args.tta,
+        gallery=args.gallery,
+        gallery_path=args.gallery_path,
     )
 
 
