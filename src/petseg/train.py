@@ -1,4 +1,8 @@
-"""`petseg train`: BCE + Adam training with per-epoch validation, checkpoints and resume."""
+"""`petseg train`: BCE + Adam training with per-epoch validation, checkpoints and resume.
+
+Beside the best checkpoint NAME.pt, every epoch rewrites NAME.last.pt, NAME.history.csv and
+NAME.curves.png (loss, valid Dice and learning rate so far).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from petseg.checkpoint import (
+    curves_path,
     history_path,
     last_checkpoint_path,
     load_checkpoint,
@@ -28,8 +33,9 @@ from petseg.data.oxford_pet import OxfordPetDataset
 from petseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from petseg.errors import PetsegError
 from petseg.evaluate import LossFn, evaluate_model
-from petseg.files import atomic_write_text, ensure_folder
+from petseg.files import atomic_write_bytes, atomic_write_text, ensure_folder
 from petseg.models import build_model
+from petseg.pictures import render_curves
 from petseg.runtime import resolve_device, seed_everything
 
 HISTORY_FIELDS = (
@@ -189,6 +195,7 @@ def fit(config: TrainConfig, *, model_type_given: bool = True) -> dict[str, Any]
         if improved:
             save_checkpoint(config.model_path, checkpoint)
         write_history(history_path(config.model_path), history)
+        atomic_write_bytes(curves_path(config.model_path), render_curves(history))
         tqdm.write(
             f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  "
             f"valid loss {evaluation.loss:.4f}  valid Dice {scores['dice']:.4f}"
@@ -196,7 +203,8 @@ def fit(config: TrainConfig, *, model_type_given: bool = True) -> dict[str, Any]
         )
     print(
         f"best valid Dice {best_dice:.4f} (mean of per-image Dice at {size}x{size}); "
-        f"checkpoint {config.model_path}, last epoch {last_checkpoint_path(config.model_path)}"
+        f"checkpoint {config.model_path}, last epoch {last_checkpoint_path(config.model_path)}, "
+        f"curves {curves_path(config.model_path)}"
     )
     return {"best_dice": best_dice, "epochs": config.epochs, "history": history}
 
