@@ -245,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(evaluate, DEFAULTS.batch_size)
 
     predict = commands.add_parser(
-        "predict", help="write PNG masks for images or a split", allow_abbrev=False
+        "predict",
+        help="write PNG masks (and overlays, cut-outs) for images or a split",
+        allow_abbrev=False,
     )
     predict.add_argument(
         "inputs",
@@ -273,10 +275,23 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(
         predict,
         "threshold",
-        type=float,
+        type=_probability,
         default=None,
         help="probability threshold (default: the checkpoint's, 0.5)",
     )
+    _flag(
+        predict,
+        "overlay",
+        action="store_true",
+        help="also write NAME_overlay.png: the image with the predicted pet tinted",
+    )
+    _flag(
+        predict,
+        "cutout",
+        action="store_true",
+        help="also write NAME_cutout.png: RGBA, the pet on a transparent background",
+    )
+    _add_tta_flag(predict)
     _flag(
         predict,
         "model_type",
@@ -351,6 +366,9 @@ def run_predict(args: argparse.Namespace) -> None:
         threshold=args.threshold,
         mirror=args.mirror,
         model_type=args.model_type,
+        tta=args.tta,
+        overlays=args.overlay,
+        cutouts=args.cutout,
     )
 
 
