@@ -182,11 +182,14 @@ def predict_masks(
             for name, picture in zip(output_names(stem, overlays, cutouts), pictures, strict=True):
                 save_png(save_dir / name, picture)
                 written.append(save_dir / name)
-    extras = [label for label, wanted in (("overlays", overlays), ("cut-outs", cutouts)) if wanted]
+    kinds = ["masks"] + [
+        k for k, wanted in (("overlays", overlays), ("cut-outs", cutouts)) if wanted
+    ]
+    what = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
     print(
-        f"wrote {len(paths)} masks{''.join(f' and {len(paths)} {e}' for e in extras)} "
-        f"to {save_dir} (0 = background, 255 = pet, threshold {threshold:.2f}"
-        f"{', flip TTA' if tta else ''}, model size {size}x{size}, saved at each image's size)"
+        f"wrote {what} of {len(paths)} image{'s' if len(paths) != 1 else ''} to {save_dir} "
+        f"(0 = background, 255 = pet, threshold {threshold:.2f}{', flip TTA' if tta else ''}, "
+        f"model size {size}x{size}, saved at each image's size)"
     )
     return written
 
