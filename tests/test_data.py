@@ -12,10 +12,13 @@ from PIL import Image
 
 from petseg.data.oxford_pet import (
     OxfordPetDataset,
+    breed_of,
     load_mask,
     load_rgb,
+    load_trimap,
     missing_archives,
     read_split_names,
+    species_of,
     trimap_to_mask,
 )
 from petseg.data.transforms import (
@@ -362,6 +365,49 @@ def test_eval_item_image_is_normalized_and_mask_follows_the_trimap(pet_root: Pat
     expected = torch.zeros(1, size, size)
     expected[..., : size // 2] = 1  # left half pet (1 and border 3), right half background
     assert torch.equal(mask, expected)
+
+
+def test_with_border_items_add_the_border_and_keep_the_same_mask(pet_root: Path) -> None:
+    size = 8
+    plain = OxfordPetDataset(pet_root, "valid", eval_transform(size))
+    bordered = OxfordPetDataset(pet_root, "valid", eval_transform(size), with_border=True)
+    image, mask = plain[0]
+    image_b, mask_b, border = bordered[0]
+    assert torch.equal(image, image_b)
+    assert torch.equal(mask, mask_b)  # the headline convention is unchanged: border is pet
+    # The border is the trimap's class 3 resized like a mask (nearest)...
+    trimap = load_trimap(pet_root / "annotations" / "trimaps" / f"{plain.names[0]}.png")
+    _, expected = eval_transform(size)(
+        np.zeros((HEIGHT, WIDTH, 3), np.uint8), (trimap == 3).astype(np.uint8)
+    )
+    assert border.shape == (1, size, size)
+    assert torch.equal(border, expected)
+    # ...so with half_trimap it lies in the top rows of the left half, inside the pet mask.
+    assert border.sum() > 0
+    assert border[..., size // 2 :].sum() == 0 and border[..., size // 2 :, :].sum() == 0
+    assert (mask_b[border > 0] == 1).all()
+
+
+def test_load_trimap_keeps_the_three_classes(pet_root: Path) -> None:
+    trimap = load_trimap(pet_root / "annotations" / "trimaps" / "Breed_3.png")
+    assert trimap.shape == (HEIGHT, WIDTH)
+    assert np.array_equal(trimap, half_trimap())
+
+
+@pytest.mark.parametrize(
+    ("name", "breed", "species"),
+    [
+        ("Abyssinian_100", "Abyssinian", "cat"),
+        ("British_Shorthair_7", "British_Shorthair", "cat"),
+        ("american_pit_bull_terrier_12", "american_pit_bull_terrier", "dog"),
+        ("great_pyrenees_3", "great_pyrenees", "dog"),
+        ("beagle", "beagle", "dog"),  # no trailing number: the whole name
+        ("Sphynx_x", "Sphynx_x", "cat"),
+    ],
+)
+def test_breed_and_species_follow_the_oxford_naming(name: str, breed: str, species: str) -> None:
+    assert breed_of(name) == breed
+    assert species_of(name) == species
 
 
 def test_every_item_of_every_split_decodes_to_the_right_shapes(pet_root: Path) -> None:

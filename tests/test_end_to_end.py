@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from petseg.checkpoint import history_path, last_checkpoint_path
+from petseg.checkpoint import curves_path, history_path, last_checkpoint_path
 from petseg.cli import main
-from petseg.data.oxford_pet import OxfordPetDataset, read_split_names
+from petseg.data.oxford_pet import OxfordPetDataset, load_rgb, read_split_names
 from petseg.data.transforms import eval_transform
 from petseg.metrics import SegmentationScores
 
@@ -88,6 +88,17 @@ def test_training_writes_checkpoints_history_and_summaries(trained: dict) -> Non
     with history_path(model_path).open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(row["epoch"]) for row in rows] == list(range(1, EPOCHS + 1))
+
+
+def test_training_draws_curves_beside_the_checkpoint(trained: dict) -> None:
+    curves = curves_path(trained["model_path"])
+    assert curves.name == "r34.curves.png"
+    assert curves.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(curves) as image:
+        image.verify()  # a complete, uncorrupted PNG
+    with Image.open(curves) as image:
+        assert image.format == "PNG" and image.width >= 600 and image.height >= 200
+    assert not list(curves.parent.glob(".*.tmp"))  # written atomically, no leftovers
 
 
 def test_checkpoint_is_self_describing_and_pickle_free(trained: dict) -> None:
@@ -159,6 +170,72 @@ def test_predict_writes_a_mask_per_test_image_at_its_size(trained: dict, tmp_pat
         with Image.open(save_dir / f"{name}.png") as mask:
             assert mask.size == size and mask.mode == "L"
             assert set(np.unique(np.asarray(mask))) <= {0, 255}
+
+
+def test_evaluate_by_breed_with_gallery_and_tta(trained: dict, tmp_path) -> None:
+    output = tmp_path / "valid.json"
+    done = run_cli(
+        "evaluate",
+        "--model_path",
+        str(trained["model_path"]),
+        "--data_path",
+        str(trained["data"]),
+        "--split",
+        "valid",
+        "--output",
+        str(output),
+        "--gallery",
+        "4",
+        "--tta",
+        "--num_workers",
+        "0",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(output.read_text())
+    breeds = {group["name"]: group for group in results["per_breed"]}
+    assert set(breeds) == {"Abyssinian", "Bengal", "american_bulldog"}
+    assert sum(group["num_images"] for group in breeds.values()) == 30
+    assert [group["dice"] for group in results["per_breed"]] == sorted(
+        group["dice"] for group in results["per_breed"]
+    )
+    assert {group["name"] for group in results["per_species"]} == {"cat", "dog"}
+    # the real trimaps have a border band: a few percent of the pixels
+    assert 0.01 < results["border_fraction"] < 0.3
+    assert 0.0 <= results["border_accuracy"] <= 1.0
+    assert results["tta"] is True
+    with Image.open(results["gallery"]) as gallery:
+        assert gallery.format == "PNG"
+    assert "By breed, hardest first" in done.stdout
+
+
+def test_predict_overlays_and_cutouts_match_the_image(trained: dict, tmp_path) -> None:
+    image_path = sorted((trained["data"] / "images").glob("*.jpg"))[0]
+    save_dir = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            "--model_path",
+            str(trained["model_path"]),
+            str(image_path),
+            "--save_dir",
+            str(save_dir),
+            "--overlay",
+            "--cutout",
+            "--num_workers",
+            "0",
+        ]
+    )
+    assert code == 0
+    original = load_rgb(image_path, exif_transpose=True)
+    with Image.open(save_dir / f"{image_path.stem}.png") as mask_file:
+        mask = np.asarray(mask_file)
+    with Image.open(save_dir / f"{image_path.stem}_cutout.png") as cutout_file:
+        assert cutout_file.mode == "RGBA"
+        cutout = np.asarray(cutout_file)
+    with Image.open(save_dir / f"{image_path.stem}_overlay.png") as overlay_file:
+        assert overlay_file.size == (original.shape[1], original.shape[0])
+    assert np.array_equal(cutout[..., :3], original)
+    assert np.array_equal(cutout[..., 3], mask)
 
 
 def test_predict_on_files_and_folders(trained: dict, tmp_path) -> None:

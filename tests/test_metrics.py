@@ -245,3 +245,72 @@ def test_separate_score_objects_do_not_share_state() -> None:
     first = SegmentationScores()
     first.update(*two_image_example())
     assert SegmentationScores().num_images == 0
+
+
+# --- the trimap border band -------------------------------------------------------------------
+
+# pred            target          border          outside the band    inside the band
+# 1 1 0           1 1 0           0 1 0           tp .  tn            .  tp .
+# 1 0 0           1 1 0           0 1 0           tp .  tn            .  fn .
+# 0 0 1           0 0 0           0 0 0           tn tn fp
+PRED_BAND = [[1, 1, 0], [1, 0, 0], [0, 0, 1]]
+TARGET_BAND = [[1, 1, 0], [1, 1, 0], [0, 0, 0]]
+BORDER_BAND = [[0, 1, 0], [0, 1, 0], [0, 0, 0]]
+
+
+def test_confusion_counts_inside_a_pixel_set() -> None:
+    preds, targets, border = mask(PRED_BAND), mask(TARGET_BAND), mask(BORDER_BAND)
+    assert confusion_counts(preds, targets).tolist() == [[3, 1, 1, 4]]
+    assert confusion_counts(preds, targets, border).tolist() == [[1, 0, 1, 0]]
+    assert confusion_counts(preds, targets, 1 - border).tolist() == [[2, 1, 0, 4]]
+    with pytest.raises(ValueError):
+        confusion_counts(preds, targets, border[..., :2])
+
+
+def test_border_scores_on_a_hand_made_case() -> None:
+    scores = SegmentationScores()
+    scores.update(mask(PRED_BAND), mask(TARGET_BAND), mask(BORDER_BAND))
+    exact = mask([[1, 0], [0, 0]])
+    scores.update(exact, exact, torch.zeros_like(exact))  # a 2x2 image without border: Dice 1
+    summary = scores.summary()
+    # headline, border counted as pet: image 1 Dice 2*3 / (2*3 + 1 + 1) = 3/4, image 2 Dice 1
+    assert summary["dice"] == pytest.approx((3 / 4 + 1) / 2)
+    # border ignored: image 1 outside the band tp 2 fp 1 fn 0 -> 4/5; image 2 -> 1
+    assert summary["dice_border_ignored"] == pytest.approx((4 / 5 + 1) / 2)
+    # two border pixels in the split, one predicted pet
+    assert summary["border_accuracy"] == pytest.approx(1 / 2)
+    assert summary["border_fraction"] == pytest.approx(2 / 13)
+    assert torch.equal(
+        scores.counts - scores.border_counts, torch.tensor([[2, 1, 0, 4], [1, 0, 0, 3]])
+    )
+
+
+def test_border_accuracy_is_none_when_the_split_has_no_border() -> None:
+    scores = SegmentationScores()
+    preds, targets = two_image_example()
+    scores.update(preds, targets, torch.zeros_like(targets))
+    summary = scores.summary()
+    assert summary["border_accuracy"] is None
+    assert summary["border_fraction"] == 0.0
+    assert summary["dice_border_ignored"] == pytest.approx(summary["dice"])
+
+
+def test_summary_has_no_border_figures_without_borders() -> None:
+    scores = SegmentationScores()
+    scores.update(*two_image_example())
+    assert scores.border_counts is None
+    assert (
+        not {"dice_border_ignored", "border_accuracy", "border_fraction"} & scores.summary().keys()
+    )
+
+
+def test_borders_must_be_given_in_every_update_or_in_none() -> None:
+    preds, targets = two_image_example()
+    with_borders = SegmentationScores()
+    with_borders.update(preds, targets, torch.zeros_like(targets))
+    with pytest.raises(ValueError):
+        with_borders.update(preds, targets)
+    without = SegmentationScores()
+    without.update(preds, targets)
+    with pytest.raises(ValueError):
+        without.update(preds, targets, torch.zeros_like(targets))

@@ -319,18 +319,18 @@ def test_row22_same_named_images_would_overwrite(checkpoint_path, tmp_path, caps
     fails_with(
         capsys,
         predict_args(checkpoint_path, tmp_path / "out", tmp_path / "a", tmp_path / "b"),
-        "same name",
+        "cat.png would overwrite",
     )
 
 
 def test_row23_threshold_out_of_range(checkpoint_path, tmp_path, capsys) -> None:
     photo = tmp_path / "p.jpg"
     Image.new("RGB", (8, 8)).save(photo)
-    fails_with(
-        capsys,
-        [*predict_args(checkpoint_path, tmp_path / "out", photo), "--threshold", "1.5"],
-        "--threshold",
-    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([*predict_args(checkpoint_path, tmp_path / "out", photo), "--threshold", "1.5"])
+    assert exit_info.value.code == 2
+    assert "argument --threshold: must be between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 # --- numbers and devices ----------------------------------------------------------------------

@@ -34,6 +34,11 @@ def history_path(model_path: Path) -> Path:
     return model_path.with_name(f"{model_path.stem}.history.csv")
 
 
+def curves_path(model_path: Path) -> Path:
+    """The training curves beside the checkpoint: runs/r34.pt -> runs/r34.curves.png."""
+    return model_path.with_name(f"{model_path.stem}.curves.png")
+
+
 def make_checkpoint(
     model: nn.Module,
     *,

@@ -41,6 +41,24 @@ def _number(kind: Callable[[str], Any], minimum: float, strict: bool = False) ->
 positive_int = _number(int, 1)
 non_negative_int = _number(int, 0)
 positive_float = _number(float, 0.0, strict=True)
+MAX_GALLERY = 100  # rows of one contact sheet; more would exceed what a PNG viewer shows well
+
+
+def _gallery_size(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_GALLERY:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_GALLERY}, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid float") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -59,6 +77,16 @@ def _flag(parser: argparse.ArgumentParser, name: str, *extra: str, **kwargs: Any
     """Add --name with both spellings, e.g. --data_path and --data-path."""
     spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}", *extra])
     parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+def _add_tta_flag(parser: argparse.ArgumentParser) -> None:
+    _flag(
+        parser,
+        "tta",
+        action="store_true",
+        help="test-time augmentation: average the probabilities of each image and its "
+        "horizontal mirror (twice the compute)",
+    )
 
 
 def _add_runtime_flags(
@@ -247,6 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         evaluate,
+        "gallery",
+        type=_gallery_size,
+        default=0,
+        metavar="N",
+        help=f"also draw the N worst images (by per-image Dice, N <= {MAX_GALLERY}) as a PNG "
+        "contact sheet: image, ground truth, prediction, error map",
+    )
+    _flag(
+        evaluate,
+        "gallery_path",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="where --gallery goes (default OUTPUT_STEM.gallery.png beside --output, "
+        "else NAME.SPLIT.gallery.png beside the checkpoint)",
+    )
+    _add_tta_flag(evaluate)
+    _flag(
+        evaluate,
         "model_type",
         choices=MODEL_TYPES,
         default=None,
@@ -256,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(evaluate, DEFAULTS.batch_size)
 
     predict = commands.add_parser(
-        "predict", help="write PNG masks for images or a split", allow_abbrev=False
+        "predict",
+        help="write PNG masks (and overlays, cut-outs) for images or a split",
+        allow_abbrev=False,
     )
     predict.add_argument(
         "inputs",
@@ -284,10 +333,23 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(
         predict,
         "threshold",
-        type=float,
+        type=_probability,
         default=None,
         help="probability threshold (default: the checkpoint's, 0.5)",
     )
+    _flag(
+        predict,
+        "overlay",
+        action="store_true",
+        help="also write NAME_overlay.png: the image with the predicted pet tinted",
+    )
+    _flag(
+        predict,
+        "cutout",
+        action="store_true",
+        help="also write NAME_cutout.png: RGBA, the pet on a transparent background",
+    )
+    _add_tta_flag(predict)
     _flag(
         predict,
         "model_type",
@@ -361,6 +423,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
         output=args.output,
         skip_bad=args.skip_bad,
         model_type=args.model_type,
+        tta=args.tta,
+        gallery=args.gallery,
+        gallery_path=args.gallery_path,
     )
 
 
@@ -379,6 +444,9 @@ def run_predict(args: argparse.Namespace) -> None:
         threshold=args.threshold,
         mirror=args.mirror,
         model_type=args.model_type,
+        tta=args.tta,
+        overlays=args.overlay,
+        cutouts=args.cutout,
     )
 
 

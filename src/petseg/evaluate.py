@@ -15,10 +15,20 @@ from tqdm import tqdm
 from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
 from petseg.data.check import checked_names
 from petseg.data.loading import ensure_dataset, make_loader
-from petseg.data.oxford_pet import OxfordPetDataset, Split
+from petseg.data.oxford_pet import OxfordPetDataset, Split, breed_of, species_of
 from petseg.data.transforms import eval_transform
-from petseg.files import atomic_write_text
+from petseg.errors import PetsegError
+from petseg.files import atomic_write_bytes, atomic_write_text
+from petseg.inference import pet_probabilities, with_flip_tta
 from petseg.metrics import SegmentationScores
+from petseg.pictures import GalleryRow, render_gallery, to_uint8_image
+from petseg.reports import (
+    GroupScore,
+    format_groups,
+    group_scores,
+    groups_as_json,
+    worst_indices,
+)
 from petseg.runtime import resolve_device
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,24 +48,33 @@ def evaluate_model(
     *,
     threshold: float = 0.5,
     loss_fn: LossFn | None = None,
+    tta: bool = False,
     desc: str = "evaluate",
     progress: bool = True,
 ) -> Evaluation:
-    """Score every image of the loader once: per-image counts at `threshold` on probabilities."""
+    """Score every image of the loader once: per-image counts at `threshold` on probabilities.
+
+    Batches are (images, masks) or (images, masks, borders); with borders the scores also
+    cover the trimap border band. tta: flip test-time augmentation (the loss ignores it).
+    """
     model.eval()
     scores = SegmentationScores()
     loss_sum, seen = 0.0, 0
     bar = tqdm(
         loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not progress
     )
-    for images, masks in bar:
+    for images, masks, *borders in bar:
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         logits = model(images).float()  # (N, 1, H, W)
         if loss_fn is not None:
             loss_sum += loss_fn(logits, masks).item() * images.shape[0]
             seen += images.shape[0]
-        scores.update(torch.sigmoid(logits) > threshold, masks > 0.5)
+        probs = torch.sigmoid(logits)
+        if tta:
+            probs = with_flip_tta(model, images, probs)
+        band = borders[0].to(device, non_blocking=True) > 0.5 if borders else None
+        scores.update(probs > threshold, masks > 0.5, band)
     return Evaluation(scores=scores, loss=loss_sum / seen if loss_fn is not None and seen else None)
 
 
@@ -71,8 +90,18 @@ def evaluate_checkpoint(
     output: Path | None = None,
     skip_bad: bool = False,
     model_type: str | None = None,
+    tta: bool = False,
+    gallery: int = 0,
+    gallery_path: Path | None = None,
 ) -> dict:
-    """Evaluate the checkpoint at its own image size; print the scores, optionally write JSON."""
+    """Evaluate the checkpoint at its own image size; print the scores, optionally write JSON.
+
+    gallery: also draw the `gallery` worst images (by per-image Dice) to `gallery_path`,
+    by default beside --output (OUTPUT_STEM.gallery.png) or else beside the checkpoint
+    (NAME.SPLIT.gallery.png).
+    """
+    if gallery_path is not None and gallery <= 0:
+        raise PetsegError(f"{gallery_path}: --gallery_path needs --gallery N (how many images)")
     checkpoint = load_checkpoint(model_path)
     check_model_type(checkpoint, model_type, model_path)
     device = resolve_device(device_name)
@@ -85,28 +114,86 @@ def evaluate_checkpoint(
         split,
         eval_transform(size, norm["mean"], norm["std"]),
         names=checked_names(data_path, split, skip_bad),
+        with_border=True,
     )
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, device=device)
     threshold = float(checkpoint.get("threshold", 0.5))
-    evaluation = evaluate_model(model, loader, device, threshold=threshold, desc=f"{split}")
+    evaluation = evaluate_model(
+        model, loader, device, threshold=threshold, tta=tta, desc=f"{split}"
+    )
+    counts = evaluation.scores.counts
+    per_image_dice = evaluation.scores.per_image_dice()
     results = {
         **evaluation.scores.summary(),
         "split": split,
         "image_size": size,
         "threshold": threshold,
+        "tta": tta,
         "model_type": checkpoint["model_type"],
         "epoch": checkpoint.get("epoch"),
         "model_path": str(model_path),
         "data_path": str(data_path),
+        "per_species": groups_as_json(group_scores(dataset.names, counts, species_of)),
+        "per_breed": groups_as_json(group_scores(dataset.names, counts, breed_of)),
     }
     print(format_results(results))
-    if output is not None:
-        results["per_image_dice"] = dict(
-            zip(dataset.names, evaluation.scores.per_image_dice(), strict=True)
+    if gallery > 0:
+        gallery_path = gallery_path or default_gallery_path(model_path, split, output)
+        worst = worst_indices(per_image_dice, gallery)
+        rows = gallery_rows(
+            model, dataset, worst, per_image_dice, device, threshold=threshold, tta=tta, norm=norm
         )
+        title = (
+            f"{len(rows)} worst of {results['num_images']} {split} images by per-image Dice\n"
+            f"{model_path.name}: {checkpoint['model_type']}, epoch {results['epoch']}, "
+            f"{size}x{size}, threshold {threshold:.2f}{', flip TTA' if tta else ''}"
+        )
+        atomic_write_bytes(gallery_path, render_gallery(rows, title))
+        results["gallery"] = str(gallery_path)
+        print(f"wrote {gallery_path}")
+    if output is not None:
+        results["per_image_dice"] = dict(zip(dataset.names, per_image_dice, strict=True))
         atomic_write_text(output, json.dumps(results, indent=2) + "\n")
         print(f"wrote {output}")
     return results
+
+
+def default_gallery_path(model_path: Path, split: str, output: Path | None) -> Path:
+    """runs/r34_test.json -> runs/r34_test.gallery.png; without output runs/r34.test.gallery.png."""
+    if output is not None:
+        return output.with_name(f"{output.stem}.gallery.png")
+    return model_path.with_name(f"{model_path.stem}.{split}.gallery.png")
+
+
+@torch.inference_mode()
+def gallery_rows(
+    model: nn.Module,
+    dataset: OxfordPetDataset,
+    indices: list[int],
+    per_image_dice: list[float],
+    device: torch.device,
+    *,
+    threshold: float,
+    tta: bool,
+    norm: dict[str, list[float]],
+) -> list[GalleryRow]:
+    """Predict the chosen images again (a few forward passes) and gather what the gallery shows."""
+    model.eval()
+    rows = []
+    for index in indices:
+        image, mask, border = dataset[index]
+        probs = pet_probabilities(model, image[None].to(device), tta=tta)  # (1, 1, H, W)
+        rows.append(
+            GalleryRow(
+                name=dataset.names[index],
+                dice=per_image_dice[index],
+                image=to_uint8_image(image, norm["mean"], norm["std"]),
+                truth=mask[0].numpy() > 0.5,
+                pred=(probs[0, 0] > threshold).cpu().numpy(),
+                border=border[0].numpy() > 0.5,
+            )
+        )
+    return rows
 
 
 def format_results(results: dict) -> str:
@@ -114,7 +201,7 @@ def format_results(results: dict) -> str:
     header = (
         f"{results['model_path']} ({results['model_type']}, epoch {results['epoch']}) on the "
         f"{results['split']} split: {results['num_images']} images at {size}x{size}, "
-        f"threshold {results['threshold']:.2f}"
+        f"threshold {results['threshold']:.2f}{', flip TTA' if results.get('tta') else ''}"
     )
     rows = [
         ("Dice, mean of per-image Dice", results["dice"]),
@@ -122,4 +209,21 @@ def format_results(results: dict) -> str:
         ("IoU, dataset", results["iou"]),
         ("pixel accuracy", results["pixel_accuracy"]),
     ]
-    return "\n".join([header, *(f"  {label:<30} {value:.4f}" for label, value in rows)])
+    lines = [header, *(f"  {label:<30} {value:.4f}" for label, value in rows)]
+    if "dice_border_ignored" in results:
+        accuracy = results["border_accuracy"]
+        lines += [
+            f"Trimap border band ({results['border_fraction']:.1%} of pixels; counted as pet above):",
+            f"  {'Dice, border ignored':<30} {results['dice_border_ignored']:.4f}"
+            "  (mean of per-image Dice outside the band)",
+            f"  {'accuracy inside the band':<30} "
+            + (f"{accuracy:.4f}" if accuracy is not None else "n/a   ")
+            + "  (share of band pixels predicted as pet)",
+        ]
+    for key, title in (("per_species", "species"), ("per_breed", "breed")):
+        if results.get(key):
+            groups = [GroupScore(**group) for group in results[key]]
+            lines.append(
+                format_groups(f"By {title}, hardest first (mean of per-image Dice)", groups)
+            )
+    return "\n".join(lines)

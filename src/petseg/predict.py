@@ -1,4 +1,9 @@
-"""`petseg predict`: masks for the test split or for any image files, at each image's own size."""
+"""`petseg predict`: masks for the test split or for any image files, at each image's own size.
+
+Optional pictures beside each mask NAME.png: NAME_overlay.png (the image with the mask tinted)
+and NAME_cutout.png (RGBA: the image's pixels, transparent outside the mask). All are at the
+original size in the orientation viewers display (EXIF orientation applied).
+"""
 
 from __future__ import annotations
 
@@ -17,25 +22,37 @@ from petseg.data.loading import ensure_dataset, make_loader
 from petseg.data.oxford_pet import DECODE_ERRORS, Split, load_rgb, read_split_names
 from petseg.data.transforms import PairTransform, eval_transform
 from petseg.errors import PetsegError
-from petseg.files import atomic_writer, ensure_folder
+from petseg.files import ensure_folder
+from petseg.inference import pet_probabilities
+from petseg.pictures import cutout, overlay, save_png
 from petseg.runtime import resolve_device
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+OVERLAY_SUFFIX, CUTOUT_SUFFIX = "_overlay", "_cutout"  # NAME_overlay.png, NAME_cutout.png
+
+Item = tuple[torch.Tensor, tuple[int, int], int, np.ndarray | None]
 
 
 class ImageFiles(Dataset):
-    """Images for inference: (image tensor at the model size, original (H, W), index)."""
+    """Images for inference: (image tensor at the model size, original (H, W), index, original).
 
-    def __init__(self, paths: Sequence[Path], transform: PairTransform) -> None:
+    keep_original: also return the decoded (H, W, 3) uint8 image (else None), for the pictures.
+    """
+
+    def __init__(
+        self, paths: Sequence[Path], transform: PairTransform, keep_original: bool = False
+    ) -> None:
         self.paths = list(paths)
         self.transform = transform
+        self.keep_original = keep_original
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, tuple[int, int], int]:
+    def __getitem__(self, index: int) -> Item:
         image = load_rgb(self.paths[index], exif_transpose=True)
-        return self.transform.image_only(image), image.shape[:2], index
+        original = image if self.keep_original else None
+        return self.transform.image_only(image), image.shape[:2], index, original
 
 
 def collect_images(inputs: Iterable[Path]) -> list[Path]:
@@ -55,14 +72,6 @@ def collect_images(inputs: Iterable[Path]) -> list[Path]:
             raise PetsegError(f"{item}: no such file or folder")
     for path in paths:
         probe_image(path)
-    stems: dict[str, Path] = {}
-    for path in paths:
-        if path.stem in stems:
-            raise PetsegError(
-                f"{path}: its mask would overwrite the one of {stems[path.stem]} "
-                "(same name); predict them into separate --save_dir folders"
-            )
-        stems[path.stem] = path
     return paths
 
 
@@ -75,6 +84,28 @@ def probe_image(path: Path) -> None:
         raise PetsegError(f"{path}: not an image petseg can read ({error})") from None
     if width < 1 or height < 1:
         raise PetsegError(f"{path}: image has no pixels ({width}x{height})")
+
+
+def output_names(stem: str, overlays: bool, cutouts: bool) -> list[str]:
+    """File names predict writes for an image named STEM: the mask first, then the pictures."""
+    return [
+        f"{stem}.png",
+        *([f"{stem}{OVERLAY_SUFFIX}.png"] if overlays else []),
+        *([f"{stem}{CUTOUT_SUFFIX}.png"] if cutouts else []),
+    ]
+
+
+def check_output_names(paths: Sequence[Path], overlays: bool, cutouts: bool) -> None:
+    """Refuse inputs whose outputs would overwrite each other (cat.jpg and cat_overlay.jpg)."""
+    owners: dict[str, Path] = {}
+    for path in paths:
+        for name in output_names(path.stem, overlays, cutouts):
+            if name in owners and owners[name] != path:
+                raise PetsegError(
+                    f"{path}: its output {name} would overwrite the one of {owners[name]}; "
+                    "predict them into separate --save_dir folders"
+                )
+            owners[name] = path
 
 
 def split_images(data_path: Path, split: Split) -> list[Path]:
@@ -95,10 +126,15 @@ def predict_masks(
     threshold: float | None = None,
     mirror: str | None = None,
     model_type: str | None = None,
+    tta: bool = False,
+    overlays: bool = False,
+    cutouts: bool = False,
 ) -> list[Path]:
     """Write one 0/255 PNG mask per image, named after it, at its original size.
 
     Images come from `inputs` (files or folders) or, without inputs, from a dataset split.
+    tta: average with the flipped image's probabilities. overlays, cutouts: also write
+    NAME_overlay.png and NAME_cutout.png. Returns the paths written.
     """
     checkpoint = load_checkpoint(model_path)
     check_model_type(checkpoint, model_type, model_path)
@@ -110,6 +146,7 @@ def predict_masks(
         paths = split_images(data_path, split)
     else:
         raise PetsegError("predict needs image files or folders, or --data_path for a split")
+    check_output_names(paths, overlays, cutouts)
     if threshold is None:
         threshold = float(checkpoint.get("threshold", 0.5))
     if not 0.0 < threshold < 1.0:
@@ -118,7 +155,9 @@ def predict_masks(
 
     model = model_from_checkpoint(checkpoint, model_path).to(device).eval()
     size, norm = int(checkpoint["image_size"]), checkpoint["normalization"]
-    dataset = ImageFiles(paths, eval_transform(size, norm["mean"], norm["std"]))
+    dataset = ImageFiles(
+        paths, eval_transform(size, norm["mean"], norm["std"]), keep_original=overlays or cutouts
+    )
     loader = make_loader(
         dataset,
         batch_size,
@@ -128,32 +167,41 @@ def predict_masks(
         collate_fn=_collate,
     )
     written: list[Path] = []
-    for images, sizes, indices in tqdm(loader, desc="predict", unit="batch", dynamic_ncols=True):
-        logits = model(images.to(device, non_blocking=True)).float()  # (N, 1, S, S)
-        for logit, (height, width), index in zip(logits, sizes, indices, strict=True):
-            # Resize logits, not binary masks, so the mask edge is smooth at the original size.
+    for images, sizes, indices, originals in tqdm(
+        loader, desc="predict", unit="batch", dynamic_ncols=True
+    ):
+        probs = pet_probabilities(model, images.to(device, non_blocking=True), tta=tta)
+        for prob, (height, width), index, original in zip(
+            probs, sizes, indices, originals, strict=True
+        ):
+            # Resize probabilities, not binary masks, so the mask edge is smooth at full size.
             full = F.interpolate(
-                logit[None], size=(height, width), mode="bilinear", align_corners=False
+                prob[None], size=(height, width), mode="bilinear", align_corners=False
             )[0, 0]
-            mask = (torch.sigmoid(full) > threshold).to(torch.uint8).mul_(255).cpu().numpy()
-            out_path = save_dir / f"{paths[index].stem}.png"
-            save_mask(out_path, mask)
-            written.append(out_path)
+            mask = (full > threshold).to(torch.uint8).mul_(255).cpu().numpy()  # (H, W)
+            stem = paths[index].stem
+            pictures = [mask]
+            if overlays:
+                pictures.append(overlay(original, mask))
+            if cutouts:
+                pictures.append(cutout(original, mask))
+            for name, picture in zip(output_names(stem, overlays, cutouts), pictures, strict=True):
+                save_png(save_dir / name, picture)
+                written.append(save_dir / name)
+    kinds = ["masks"] + [
+        k for k, wanted in (("overlays", overlays), ("cut-outs", cutouts)) if wanted
+    ]
+    what = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
     print(
-        f"wrote {len(written)} masks to {save_dir} (0 = background, 255 = pet, "
-        f"threshold {threshold:.2f}, model size {size}x{size}, saved at each image's size)"
+        f"wrote {what} of {len(paths)} image{'s' if len(paths) != 1 else ''} to {save_dir} "
+        f"(0 = background, 255 = pet, threshold {threshold:.2f}{', flip TTA' if tta else ''}, "
+        f"model size {size}x{size}, saved at each image's size)"
     )
     return written
 
 
 def _collate(
-    batch: list[tuple[torch.Tensor, tuple[int, int], int]],
-) -> tuple[torch.Tensor, list[tuple[int, int]], list[int]]:
-    images, sizes, indices = zip(*batch, strict=True)
-    return torch.stack(images), list(sizes), list(indices)
-
-
-def save_mask(path: Path, mask: np.ndarray) -> None:
-    """Save an (H, W) uint8 mask as an 8-bit grayscale PNG, atomically."""
-    with atomic_writer(path) as handle:
-        Image.fromarray(mask).save(handle, format="PNG")
+    batch: list[Item],
+) -> tuple[torch.Tensor, list[tuple[int, int]], list[int], list[np.ndarray | None]]:
+    images, sizes, indices, originals = zip(*batch, strict=True)
+    return torch.stack(images), list(sizes), list(indices), list(originals)

@@ -1,4 +1,8 @@
-"""`petseg train`: BCE + Adam training with per-epoch validation, checkpoints and resume."""
+"""`petseg train`: BCE + Adam training with per-epoch validation, checkpoints and resume.
+
+Beside the best checkpoint NAME.pt, every epoch rewrites NAME.last.pt, NAME.history.csv and
+NAME.curves.png (loss, valid Dice and learning rate so far).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from tqdm import tqdm
 
 from petseg import distributed
 from petseg.checkpoint import (
+    curves_path,
     history_path,
     last_checkpoint_path,
     load_checkpoint,
@@ -30,8 +35,9 @@ from petseg.data.oxford_pet import OxfordPetDataset
 from petseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from petseg.errors import PetsegError
 from petseg.evaluate import LossFn, evaluate_model
-from petseg.files import atomic_write_text, ensure_folder
+from petseg.files import atomic_write_bytes, atomic_write_text, ensure_folder
 from petseg.models import build_model
+from petseg.pictures import render_curves
 from petseg.runtime import resolve_device, seed_everything
 
 HISTORY_FIELDS = (
@@ -227,6 +233,7 @@ def fit(
             if improved:
                 save_checkpoint(config.model_path, checkpoint)
             write_history(history_path(config.model_path), history)
+            atomic_write_bytes(curves_path(config.model_path), render_curves(history))
         distributed.barrier(world)  # the files exist before any rank goes on
         tqdm.write(
             f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  "
@@ -235,7 +242,8 @@ def fit(
         )
     print(
         f"best valid Dice {best_dice:.4f} (mean of per-image Dice at {size}x{size}); "
-        f"checkpoint {config.model_path}, last epoch {last_checkpoint_path(config.model_path)}"
+        f"checkpoint {config.model_path}, last epoch {last_checkpoint_path(config.model_path)}, "
+        f"curves {curves_path(config.model_path)}"
     )
     return {"best_dice": best_dice, "epochs": config.epochs, "history": history}
 

@@ -8,7 +8,11 @@ Layout (as the official archives extract)::
     ROOT/annotations/test.txt
 
 Splits follow the lab's loader so numbers compare: train = trainval lines whose index % 10 != 0,
-valid = index % 10 == 0, test = test.txt. The border class counts as pet.
+valid = index % 10 == 0, test = test.txt. The border class counts as pet; evaluation can also ask
+for the border itself (``with_border``) to score the band separately.
+
+Names follow the Oxford convention ``BREED_NUMBER``; cat breeds are capitalised
+(``Abyssinian_12``), dog breeds are not (``american_bulldog_7``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ REQUIRED_PARTS: dict[str, tuple[str, ...]] = {
         "annotations/trimaps",
     ),
 }
+
+# Trimap classes.
+PET, BACKGROUND, BORDER = 1, 2, 3
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
@@ -68,9 +75,20 @@ def read_split_names(root: Path, split: Split) -> list[str]:
     return names
 
 
+def breed_of(name: str) -> str:
+    """Breed of an image name: the name without its trailing _NUMBER ("great_pyrenees_3")."""
+    stem, _, number = name.rpartition("_")
+    return stem if stem and number.isdigit() else name
+
+
+def species_of(name: str) -> str:
+    """ "cat" for capitalised breed names (the Oxford convention), else "dog"."""
+    return "cat" if name[:1].isupper() else "dog"
+
+
 def trimap_to_mask(trimap: np.ndarray) -> np.ndarray:
     """Trimap (1 pet, 2 background, 3 border) -> uint8 mask with 1 for pet and border, else 0."""
-    return (trimap != 2).astype(np.uint8)
+    return (trimap != BACKGROUND).astype(np.uint8)
 
 
 # What PIL raises for files it cannot decode; DecompressionBombError keeps its bomb guard on.
@@ -104,9 +122,14 @@ def load_rgb(path: Path, exif_transpose: bool = False) -> np.ndarray:
 
 def load_mask(path: Path) -> np.ndarray:
     """Read a trimap PNG and return the (H, W) binary uint8 mask."""
+    return trimap_to_mask(load_trimap(path))
+
+
+def load_trimap(path: Path) -> np.ndarray:
+    """Read a trimap PNG as its (H, W) uint8 classes (1 pet, 2 background, 3 border)."""
     try:
         with Image.open(path) as trimap:
-            return trimap_to_mask(np.asarray(trimap.convert("L")))
+            return np.array(trimap.convert("L"))  # writable: torch warns on read-only arrays
     except FileNotFoundError:
         raise PetsegError(f"{path}: trimap not found") from None
     except DECODE_ERRORS as error:
@@ -117,6 +140,9 @@ class OxfordPetDataset(Dataset):
     """(image, mask) pairs of one split; `transform` maps uint8 arrays to tensors.
 
     Items are ``(image (3, H, W) float, mask (1, H, W) float in {0, 1})`` after the transform.
+    with_border: items gain a third tensor, ``border (1, H, W) float in {0, 1}``, the trimap's
+    border class. The transform then sees the trimap's classes as the mask, so its geometry
+    (nearest for masks) moves mask and border together.
     """
 
     def __init__(
@@ -125,11 +151,17 @@ class OxfordPetDataset(Dataset):
         split: Split,
         transform: Transform,
         names: Sequence[str] | None = None,
+        *,
+        with_border: bool = False,
     ) -> None:
-        """names: a subset of the split (e.g. without bad samples); default the whole split."""
+        """names: a subset of the split (e.g. without bad samples); default the whole split.
+
+        with_border: items also carry the trimap's border band (see __getitem__).
+        """
         self.root = Path(root)
         self.split = split
         self.transform = transform
+        self.with_border = with_border
         self.names = list(names) if names is not None else read_split_names(self.root, split)
         missing = [
             path
@@ -150,13 +182,16 @@ class OxfordPetDataset(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         name = self.names[index]
         image = load_rgb(self.image_path(name))
-        mask = load_mask(self.mask_path(name))
-        if image.shape[:2] != mask.shape:
+        trimap = load_trimap(self.mask_path(name))
+        if image.shape[:2] != trimap.shape:
             raise PetsegError(
-                f"{self.mask_path(name)}: trimap size {mask.shape[::-1]} differs from "
+                f"{self.mask_path(name)}: trimap size {trimap.shape[::-1]} differs from "
                 f"its image's {image.shape[1::-1]}"
             )
-        return self.transform(image, mask)
+        if not self.with_border:
+            return self.transform(image, trimap_to_mask(trimap))
+        image_t, classes = self.transform(image, trimap)  # classes: (1, H, W) trimap values
+        return image_t, (classes != BACKGROUND).float(), (classes == BORDER).float()
