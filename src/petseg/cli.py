@@ -18,6 +18,7 @@ from petseg.errors import PetsegError
 MODEL_TYPES = ("unet", "resnet34_unet")  # mirrors petseg.models.MODELS without importing torch
 SPLITS = ("train", "valid", "test")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # mirrors petseg.runtime.PRECISIONS
 DEFAULTS = TrainConfig()
 DIST_BACKENDS = ("auto", "nccl", "gloo")  # mirrors petseg.distributed without importing torch
 DIST_TIMEOUT_S = 600.0
@@ -77,6 +78,17 @@ def _flag(parser: argparse.ArgumentParser, name: str, *extra: str, **kwargs: Any
     """Add --name with both spellings, e.g. --data_path and --data-path."""
     spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}", *extra])
     parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+def _add_precision_flag(parser: argparse.ArgumentParser, default: str) -> None:
+    _flag(
+        parser,
+        "precision",
+        choices=PRECISIONS,
+        default=default,
+        help="autocast precision: auto = bf16 on GPUs and CPUs with native bf16, fp16 on older "
+        f"GPUs, else fp32 (default {default})",
+    )
 
 
 def _add_tta_flag(parser: argparse.ArgumentParser) -> None:
@@ -251,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W1,W2,...",
         help="unet channel widths per level (default 64,128,256,512)",
     )
+    _add_precision_flag(train, DEFAULTS.precision)
     _add_skip_bad_flag(train)
     _add_runtime_flags(
         train,
@@ -292,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         "else NAME.SPLIT.gallery.png beside the checkpoint)",
     )
     _add_tta_flag(evaluate)
+    _add_precision_flag(evaluate, "auto")
     _flag(
         evaluate,
         "model_type",
@@ -350,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write NAME_cutout.png: RGBA, the pet on a transparent background",
     )
     _add_tta_flag(predict)
+    _add_precision_flag(predict, "auto")
     _flag(
         predict,
         "model_type",
@@ -395,6 +410,7 @@ def run_train(args: argparse.Namespace) -> None:
         learning_rate=args.learning_rate,
         device=args.device,
         seed=args.seed,
+        precision=args.precision,
     )
     session = world_session(
         args.device,
@@ -424,6 +440,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         skip_bad=args.skip_bad,
         model_type=args.model_type,
         tta=args.tta,
+        precision=args.precision,
         gallery=args.gallery,
         gallery_path=args.gallery_path,
     )
@@ -445,6 +462,7 @@ def run_predict(args: argparse.Namespace) -> None:
         mirror=args.mirror,
         model_type=args.model_type,
         tta=args.tta,
+        precision=args.precision,
         overlays=args.overlay,
         cutouts=args.cutout,
     )

@@ -37,6 +37,7 @@ class TrainConfig:
     learning_rate: float = 1e-4
     device: str = "auto"
     seed: int = 42
+    precision: str = "auto"  # autocast: auto | fp32 | bf16 | fp16 (see runtime.resolve_precision)
 
     def __post_init__(self) -> None:
         checks = [

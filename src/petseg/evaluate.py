@@ -29,7 +29,7 @@ from petseg.reports import (
     groups_as_json,
     worst_indices,
 )
-from petseg.runtime import resolve_device
+from petseg.runtime import autocast, resolve_device, resolve_precision
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,6 +51,7 @@ def evaluate_model(
     tta: bool = False,
     desc: str = "evaluate",
     progress: bool = True,
+    precision: str = "fp32",
 ) -> Evaluation:
     """Score every image of the loader once: per-image counts at `threshold` on probabilities.
 
@@ -66,13 +67,14 @@ def evaluate_model(
     for images, masks, *borders in bar:
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        logits = model(images).float()  # (N, 1, H, W)
+        with autocast(device, precision):
+            logits = model(images).float()  # (N, 1, H, W)
+            probs = with_flip_tta(model, images, torch.sigmoid(logits)) if tta else None
         if loss_fn is not None:
             loss_sum += loss_fn(logits, masks).item() * images.shape[0]
             seen += images.shape[0]
-        probs = torch.sigmoid(logits)
-        if tta:
-            probs = with_flip_tta(model, images, probs)
+        if probs is None:
+            probs = torch.sigmoid(logits)
         band = borders[0].to(device, non_blocking=True) > 0.5 if borders else None
         scores.update(probs > threshold, masks > 0.5, band)
     return Evaluation(scores=scores, loss=loss_sum / seen if loss_fn is not None and seen else None)
@@ -91,6 +93,7 @@ def evaluate_checkpoint(
     skip_bad: bool = False,
     model_type: str | None = None,
     tta: bool = False,
+    precision: str = "fp32",
     gallery: int = 0,
     gallery_path: Path | None = None,
 ) -> dict:
@@ -118,8 +121,9 @@ def evaluate_checkpoint(
     )
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, device=device)
     threshold = float(checkpoint.get("threshold", 0.5))
+    precision = resolve_precision(precision, device)
     evaluation = evaluate_model(
-        model, loader, device, threshold=threshold, tta=tta, desc=f"{split}"
+        model, loader, device, threshold=threshold, tta=tta, desc=f"{split}", precision=precision
     )
     counts = evaluation.scores.counts
     per_image_dice = evaluation.scores.per_image_dice()
@@ -129,6 +133,7 @@ def evaluate_checkpoint(
         "image_size": size,
         "threshold": threshold,
         "tta": tta,
+        "precision": precision,
         "model_type": checkpoint["model_type"],
         "epoch": checkpoint.get("epoch"),
         "model_path": str(model_path),

@@ -25,7 +25,7 @@ from petseg.errors import PetsegError
 from petseg.files import ensure_folder
 from petseg.inference import pet_probabilities
 from petseg.pictures import cutout, overlay, save_png
-from petseg.runtime import resolve_device
+from petseg.runtime import autocast, resolve_device, resolve_precision
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 OVERLAY_SUFFIX, CUTOUT_SUFFIX = "_overlay", "_cutout"  # NAME_overlay.png, NAME_cutout.png
@@ -127,6 +127,7 @@ def predict_masks(
     mirror: str | None = None,
     model_type: str | None = None,
     tta: bool = False,
+    precision: str = "fp32",
     overlays: bool = False,
     cutouts: bool = False,
 ) -> list[Path]:
@@ -139,6 +140,7 @@ def predict_masks(
     checkpoint = load_checkpoint(model_path)
     check_model_type(checkpoint, model_type, model_path)
     device = resolve_device(device_name)
+    precision = resolve_precision(precision, device)
     if inputs:
         paths = collect_images(inputs)
     elif data_path is not None:
@@ -170,7 +172,8 @@ def predict_masks(
     for images, sizes, indices, originals in tqdm(
         loader, desc="predict", unit="batch", dynamic_ncols=True
     ):
-        probs = pet_probabilities(model, images.to(device, non_blocking=True), tta=tta)
+        with autocast(device, precision):
+            probs = pet_probabilities(model, images.to(device, non_blocking=True), tta=tta)
         for prob, (height, width), index, original in zip(
             probs, sizes, indices, originals, strict=True
         ):

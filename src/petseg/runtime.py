@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
@@ -82,3 +84,11 @@ def resolve_precision(
     if requested == "auto":
         return "bf16" if cpu_bf16 else "fp32"
     return requested
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:
+    """Mixed-precision context for forward passes; fp32 is a no-op."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)

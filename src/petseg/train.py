@@ -38,7 +38,10 @@ from petseg.evaluate import LossFn, evaluate_model
 from petseg.files import atomic_write_bytes, atomic_write_text, ensure_folder
 from petseg.models import build_model
 from petseg.pictures import render_curves
-from petseg.runtime import resolve_device, seed_everything
+from petseg.runtime import autocast, resolve_device, resolve_precision, seed_everything
+
+# Non-finite steps in a row after which training stops instead of skipping on.
+MAX_NONFINITE_STEPS = 5
 
 HISTORY_FIELDS = (
     "epoch",
@@ -72,25 +75,62 @@ def train_one_epoch(
     device: torch.device,
     desc: str,
     progress: bool = True,
+    *,
+    precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+    max_nonfinite: int = MAX_NONFINITE_STEPS,
 ) -> float:
-    """One pass over the loader; returns the mean loss per image."""
+    """One pass over the loader; returns the mean loss per image over the steps taken.
+
+    A step whose loss or gradients are not finite is skipped with a warning (the weights stay
+    as they were); `max_nonfinite` such steps in a row stop training with a PetsegError.
+    precision: autocast for the forward pass ("fp32", "bf16", "fp16"); the loss stays fp32.
+    scaler: the gradient scaler fp16 needs; it skips non-finite steps itself.
+    """
     model.train()
-    loss_sum, seen = 0.0, 0
+    loss_sum, seen, nonfinite_in_a_row = 0.0, 0, 0
     bar = tqdm(
         loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not progress
     )
-    for images, masks in bar:
+    for batch, (images, masks) in enumerate(bar, start=1):
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
-        logits = model(images).float()  # (N, 1, H, W)
-        loss = loss_fn(logits, masks)
+        with autocast(device, precision):
+            logits = model(images)  # (N, 1, H, W)
+        loss = loss_fn(logits.float(), masks)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.item() * images.shape[0]
-        seen += images.shape[0]
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        # backward runs even for a bad loss: under DDP every rank must join the gradient
+        # all-reduce, after which a non-finite gradient anywhere is non-finite on every rank.
+        (scaler.scale(loss) if scaler else loss).backward()
+        finite = bool(torch.isfinite(loss)) and (scaler is not None or gradients_finite(model))
+        if not finite:
+            nonfinite_in_a_row += 1
+            if progress:
+                tqdm.write(f"{desc}: non-finite loss or gradients at batch {batch}; step skipped")
+            if nonfinite_in_a_row >= max_nonfinite:
+                raise PetsegError(
+                    f"{desc}: loss or gradients non-finite for {nonfinite_in_a_row} batches in a "
+                    "row; lower --learning-rate or use --precision fp32"
+                )
+            if scaler is None:
+                continue
+        else:
+            nonfinite_in_a_row = 0
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if finite:
+            loss_sum += loss.item() * images.shape[0]
+            seen += images.shape[0]
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
     return loss_sum / max(seen, 1)
+
+
+def gradients_finite(model: nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
 def fit(
@@ -153,9 +193,14 @@ def fit(
         sampler=distributed.valid_sampler(valid_set, world),
     )
     loss_fn = nn.BCEWithLogitsLoss()
+    precision = resolve_precision(config.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    if precision != "fp32" or device.type == "cuda":
+        # Mixed-precision convolutions run fastest on NHWC; on a CPU in fp32 it gains nothing.
+        state.model.to(memory_format=torch.channels_last)
     print(
         f"training {config.model.model_type} ({count_parameters(state.model) / 1e6:.1f} M "
-        f"parameters) on {device.type} at {size}x{size}: {len(train_set)} train / "
+        f"parameters) on {device.type} in {precision} at {size}x{size}: {len(train_set)} train / "
         f"{len(valid_set)} valid images, epochs {state.start_epoch + 1}..{config.epochs}"
     )
     if world.distributed:
@@ -183,6 +228,8 @@ def fit(
             device,
             desc=f"epoch {epoch}/{config.epochs}",
             progress=world.is_main,
+            precision=precision,
+            scaler=scaler,
         )
         train_loss = distributed.mean_over_ranks(train_loss, world)
         distributed.broadcast_buffers(state.model, world)
@@ -193,6 +240,7 @@ def fit(
             loss_fn=loss_fn,
             desc=f"epoch {epoch}/{config.epochs} valid",
             progress=world.is_main,
+            precision=precision,
         )
         evaluation = distributed.gather_evaluation(evaluation, len(valid_set), world)
         scores = evaluation.scores.summary()

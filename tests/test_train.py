@@ -1,0 +1,96 @@
+"""The training step: non-finite losses are skipped, then stop the run; autocast precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from petseg.errors import PetsegError
+from petseg.evaluate import evaluate_model
+from petseg.models import build_model
+from petseg.train import gradients_finite, train_one_epoch
+
+CPU = torch.device("cpu")
+
+
+def batches(count: int, size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        (torch.randn(2, 3, size, size, generator=generator),
+         (torch.rand(2, 1, size, size, generator=generator) > 0.5).float())
+        for _ in range(count)
+    ]  # fmt: skip
+
+
+def nan_on(bad_batches: set[int]):
+    """BCE, except NaN on the given (1-based) batches."""
+    calls = {"n": 0}
+    bce = nn.BCEWithLogitsLoss()
+
+    def loss_fn(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        loss = bce(logits, masks)
+        return loss * float("nan") if calls["n"] in bad_batches else loss
+
+    return loss_fn
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("unet", widths=[4, 8])
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        key: value.clone() for key, value in model.state_dict().items() if value.is_floating_point()
+    }
+
+
+def run(model, loss_fn, data, **kwargs) -> float:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    return train_one_epoch(model, data, optimizer, loss_fn, CPU, "test", False, **kwargs)
+
+
+def test_a_non_finite_step_is_skipped_and_leaves_the_weights_alone() -> None:
+    model = tiny_model()
+    before = snapshot(model)
+    # Every batch NaN but fewer than the limit: no step taken, nothing learned, no error.
+    assert run(model, nan_on({1, 2, 3}), batches(3), max_nonfinite=5) == 0.0
+    after = snapshot(model)
+    for key in before:
+        if "running" not in key:  # BatchNorm statistics move in the forward pass
+            assert torch.equal(before[key], after[key]), key
+
+
+def test_training_goes_on_after_an_isolated_non_finite_step() -> None:
+    model = tiny_model()
+    before = snapshot(model)
+    loss = run(model, nan_on({2}), batches(4), max_nonfinite=2)
+    assert 0 < loss < 10  # the mean over the three finite batches
+    assert not torch.equal(before["head.weight"], model.state_dict()["head.weight"])
+
+
+def test_repeated_non_finite_steps_stop_training_with_a_clear_error() -> None:
+    with pytest.raises(PetsegError, match="non-finite for 3 batches in a row"):
+        run(tiny_model(), nan_on({1, 2, 3, 4}), batches(4), max_nonfinite=3)
+
+
+def test_gradients_finite() -> None:
+    model = nn.Linear(2, 1)
+    assert gradients_finite(model)  # no gradients yet
+    model(torch.ones(1, 2)).sum().backward()
+    assert gradients_finite(model)
+    model.weight.grad[0, 0] = float("inf")
+    assert not gradients_finite(model)
+
+
+def test_bf16_autocast_trains_and_evaluates_on_cpu() -> None:
+    model = tiny_model()
+    loss = run(model, nn.BCEWithLogitsLoss(), batches(2), precision="bf16")
+    assert torch.isfinite(torch.tensor(loss))
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+    fp32 = evaluate_model(model, batches(2), CPU, progress=False).scores.summary()
+    bf16 = evaluate_model(model, batches(2), CPU, progress=False, precision="bf16")
+    assert bf16.scores.num_images == fp32["num_images"] == 4
+    assert bf16.scores.summary()["dice"] == pytest.approx(fp32["dice"], abs=0.05)
