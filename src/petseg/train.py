@@ -52,6 +52,7 @@ HISTORY_FIELDS = (
     "valid_iou",
     "learning_rate",
     "seconds",
+    "train_seconds",
 )
 
 
@@ -231,6 +232,7 @@ def fit(
             precision=precision,
             scaler=scaler,
         )
+        train_seconds = time.perf_counter() - started
         train_loss = distributed.mean_over_ranks(train_loss, world)
         distributed.broadcast_buffers(state.model, world)
         evaluation = evaluate_model(
@@ -257,6 +259,7 @@ def fit(
                 "valid_iou": scores["iou"],
                 "learning_rate": state.optimizer.param_groups[0]["lr"],
                 "seconds": seconds,
+                "train_seconds": train_seconds,
             }
         )
         checkpoint = make_checkpoint(
