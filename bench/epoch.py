@@ -17,36 +17,11 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import torch
-from torch import nn
 
 from petseg.data.oxford_pet import read_split_names
 from petseg.models import build_model
-
-
-def model_only_rate(model_type: str, size: int, batch_size: int, steps: int) -> float:
-    """Training steps per second x batch on random tensors, fp32, after one warm-up step."""
-    torch.manual_seed(0)
-    model = build_model(model_type)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    images = torch.randn(batch_size, 3, size, size)
-    masks = (torch.rand(batch_size, 1, size, size) > 0.5).float()
-    loss_fn = nn.BCEWithLogitsLoss()
-
-    def step() -> None:
-        loss = loss_fn(model(images).float(), masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch_size / (time.perf_counter() - started)
+from throughput import measure  # bench/throughput.py, beside this script
 
 
 def main() -> None:
@@ -80,8 +55,10 @@ def main() -> None:
                           "train_seconds": round(float(row["train_seconds"]), 1)}))  # fmt: skip
     # The first epoch pays for worker start-up and cold caches; the last is the steady state.
     end_to_end = used_per_epoch / float(rows[-1]["train_seconds"])
-    model_only = model_only_rate(args.model_type, args.image_size, args.batch_size,
-                                 args.model_steps)  # fmt: skip
+    model_only = measure(
+        lambda: build_model(args.model_type), size=args.image_size, batch_size=args.batch_size,
+        steps=args.model_steps, channels_last=False, bf16=False, train=True,
+    )  # fmt: skip
     print(json.dumps({
         "model_type": args.model_type, "image_size": args.image_size,
         "batch_size": args.batch_size, "num_workers": args.num_workers,
