@@ -6,6 +6,8 @@ test name). Data is synthetic: a small copy of the official layout built per tes
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -436,18 +438,60 @@ def test_kill_9_mid_training_loses_at_most_the_running_epoch(slow_data, tmp_path
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_130_with_one_line_naming_the_checkpoint(slow_data, tmp_path) -> None:
+def test_ctrl_c_saves_the_steps_taken_and_exits_130_with_one_line(slow_data, tmp_path) -> None:
     model_path = tmp_path / "run" / "m.pt"
     process = launch_training(slow_data, model_path, epochs=50)
     wait_for_epoch(model_path, process)
+    time.sleep(0.5)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     last_line = err.strip().splitlines()[-1]
-    assert last_line.startswith("petseg train: interrupted: ")
+    assert last_line.startswith(f"petseg train: interrupted: {last_checkpoint_path(model_path)}")
     assert "run the same command to resume" in last_line
-    assert torch.load(last_checkpoint_path(model_path), weights_only=True)["epoch"] >= 1
+    saved = torch.load(last_checkpoint_path(model_path), weights_only=True)
+    assert saved["epoch"] >= 1
+    batches = saved.get("partial_epoch", {}).get("batches", 0)
+    assert (f"and {batches} batches of the next" in last_line) == (batches > 0)
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "petseg", *train_args(slow_data, model_path), "--epochs",
+         str(saved["epoch"] + 1)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert torch.load(last_checkpoint_path(model_path), weights_only=True)["epoch"] == (
+        saved["epoch"] + 1
+    )
+
+
+def test_resume_after_ctrl_c_in_mid_epoch_is_exact(data, tmp_path, monkeypatch) -> None:
+    """Ctrl-C one batch into epoch 2, resume: the same weights as two epochs straight."""
+    straight, interrupted = tmp_path / "straight.pt", tmp_path / "interrupted.pt"
+    extra = ("--num_workers", "2", "--learning-rate", "1e-3", "--epochs", "2")
+    assert main([*train_args(data, straight, *extra)]) == 0
+
+    @contextlib.contextmanager
+    def ctrl_c_on_poll(enabled: bool = True):
+        # polled before each batch and after each epoch: epoch 1 = 4 batches (18 images,
+        # batch 4) + 1, so the 7th poll comes before the 2nd batch of epoch 2
+        polls = itertools.count(1)
+        yield lambda: next(polls) >= 7
+
+    monkeypatch.setattr("petseg.train.stop_requests_on_ctrl_c", ctrl_c_on_poll)
+    assert main([*train_args(data, interrupted, *extra)]) == 130
+    saved = torch.load(last_checkpoint_path(interrupted), weights_only=True)
+    assert saved["epoch"] == 1 and saved["partial_epoch"]["batches"] == 1
+    monkeypatch.undo()
+    assert main([*train_args(data, interrupted, *extra)]) == 0
+
+    a = torch.load(last_checkpoint_path(straight), weights_only=True)
+    b = torch.load(last_checkpoint_path(interrupted), weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, tensor in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], tensor, rtol=0, atol=1e-6, msg=key)
+    assert a["valid_scores"] == pytest.approx(b["valid_scores"])
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def run(model, loss_fn, data, **kwargs) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    return train_one_epoch(model, data, optimizer, loss_fn, CPU, "test", False, **kwargs)
+    return train_one_epoch(model, data, optimizer, loss_fn, CPU, "test", False, **kwargs).mean_loss
 
 
 def test_a_non_finite_step_is_skipped_and_leaves_the_weights_alone() -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
 import numpy as np
@@ -92,3 +96,32 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager[obj
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def stop_requests_on_ctrl_c(enabled: bool = True) -> Iterator[Callable[[], bool]]:
+    """Yield a function telling whether Ctrl-C was pressed; the first press only asks the
+    training loop to stop at the next batch (so it can save), a second one interrupts at once.
+
+    Signal handlers belong to the main thread; elsewhere, or when not enabled, Ctrl-C keeps its
+    usual meaning and the function always answers False.
+    """
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    requested = threading.Event()
+
+    def on_ctrl_c(signum: int, frame: object) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print(
+            "\npetseg: stopping after this batch to save a checkpoint (Ctrl-C again: stop now)",
+            file=sys.stderr,
+        )
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)

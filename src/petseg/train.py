@@ -9,13 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from petseg import distributed
@@ -30,7 +31,7 @@ from petseg.checkpoint import (
 )
 from petseg.config import ModelConfig, TrainConfig, to_plain
 from petseg.data.check import checked_names
-from petseg.data.loading import ensure_dataset, make_loader
+from petseg.data.loading import SkipFirst, ensure_dataset, make_loader
 from petseg.data.oxford_pet import OxfordPetDataset
 from petseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from petseg.errors import PetsegError
@@ -38,7 +39,13 @@ from petseg.evaluate import LossFn, evaluate_model
 from petseg.files import atomic_write_bytes, atomic_write_text, ensure_folder
 from petseg.models import build_model
 from petseg.pictures import render_curves
-from petseg.runtime import autocast, resolve_device, resolve_precision, seed_everything
+from petseg.runtime import (
+    autocast,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    stop_requests_on_ctrl_c,
+)
 
 # Non-finite steps in a row after which training stops instead of skipping on.
 MAX_NONFINITE_STEPS = 5
@@ -57,6 +64,20 @@ HISTORY_FIELDS = (
 
 
 @dataclass
+class EpochProgress:
+    """Training steps taken in an epoch; an interrupted epoch's checkpoint stores it."""
+
+    batches: int = 0
+    loss_sum: float = 0.0  # sum over images of the per-image mean loss
+    images: int = 0
+    interrupted: bool = False
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.images, 1)
+
+
+@dataclass
 class TrainState:
     """What resume restores besides the weights."""
 
@@ -66,6 +87,7 @@ class TrainState:
     start_epoch: int  # epochs already completed
     best_dice: float
     history: list[dict[str, Any]]
+    partial: EpochProgress = field(default_factory=EpochProgress)  # steps into the next epoch
 
 
 def train_one_epoch(
@@ -80,8 +102,13 @@ def train_one_epoch(
     precision: str = "fp32",
     scaler: torch.amp.GradScaler | None = None,
     max_nonfinite: int = MAX_NONFINITE_STEPS,
-) -> float:
-    """One pass over the loader; returns the mean loss per image over the steps taken.
+    start: EpochProgress | None = None,
+    stop: Callable[[], bool] = lambda: False,
+) -> EpochProgress:
+    """One pass over the loader; returns the progress, whose mean_loss is per image.
+
+    start: progress of an interrupted pass this one continues (the loader skips its batches).
+    stop: polled before each batch; when it answers True the pass ends early, interrupted.
 
     A step whose loss or gradients are not finite is skipped with a warning (the weights stay
     as they were); `max_nonfinite` such steps in a row stop training with a PetsegError.
@@ -89,11 +116,17 @@ def train_one_epoch(
     scaler: the gradient scaler fp16 needs; it skips non-finite steps itself.
     """
     model.train()
-    loss_sum, seen, nonfinite_in_a_row = 0.0, 0, 0
+    done = replace(start) if start is not None else EpochProgress()
+    nonfinite_in_a_row = 0
     bar = tqdm(
         loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not progress
     )
-    for batch, (images, masks) in enumerate(bar, start=1):
+    for images, masks in bar:
+        if stop():
+            done.interrupted = True
+            break
+        done.batches += 1
+        batch = done.batches
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         with autocast(device, precision):
@@ -123,10 +156,10 @@ def train_one_epoch(
         else:
             optimizer.step()
         if finite:
-            loss_sum += loss.item() * images.shape[0]
-            seen += images.shape[0]
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-    return loss_sum / max(seen, 1)
+            done.loss_sum += loss.item() * images.shape[0]
+            done.images += images.shape[0]
+            bar.set_postfix(loss=f"{done.mean_loss:.4f}")
+    return done
 
 
 def gradients_finite(model: nn.Module) -> bool:
@@ -174,15 +207,20 @@ def fit(
             f"({len(train_set)} images in {config.data.data_path})"
         )
     generator = torch.Generator()
-    sampler = distributed.train_sampler(train_set, world, config.seed)
+    # Under torchrun each rank's share of a (seed, epoch) shuffle; alone, a shuffle drawn from
+    # `generator`, reseeded per epoch. SkipFirst lets a resumed epoch start where it stopped.
+    order = distributed.train_sampler(train_set, world, config.seed) or RandomSampler(
+        train_set, generator=generator
+    )
+    sampler = SkipFirst(order)
     train_loader = make_loader(
         train_set,
         config.batch_size,
-        shuffle=sampler is None,
+        shuffle=False,
         num_workers=config.data.num_workers,
         device=device,
         generator=generator,
-        drop_last=(len(sampler) if sampler is not None else len(train_set)) > config.batch_size,
+        drop_last=len(order) > config.batch_size,
         sampler=sampler,
     )
     valid_loader = make_loader(
@@ -212,57 +250,9 @@ def fit(
     train_model = distributed.wrap_model(state.model, world)
 
     best_dice, history = state.best_dice, state.history
-    for epoch in range(state.start_epoch + 1, config.epochs + 1):
-        # Shuffle order and augmentation depend on (seed, epoch) only, so a resumed run sees
-        # the same data stream as an uninterrupted one. Under torchrun, ranks augment differently.
-        epoch_seed = config.seed * 100_003 + epoch + world.rank * distributed.RANK_SEED_STRIDE
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        generator.manual_seed(epoch_seed)
-        train_set.transform.set_seed(epoch_seed)
-        started = time.perf_counter()
-        train_loss = train_one_epoch(
-            train_model,
-            train_loader,
-            state.optimizer,
-            loss_fn,
-            device,
-            desc=f"epoch {epoch}/{config.epochs}",
-            progress=world.is_main,
-            precision=precision,
-            scaler=scaler,
-        )
-        train_seconds = time.perf_counter() - started
-        train_loss = distributed.mean_over_ranks(train_loss, world)
-        distributed.broadcast_buffers(state.model, world)
-        evaluation = evaluate_model(
-            state.model,
-            valid_loader,
-            device,
-            loss_fn=loss_fn,
-            desc=f"epoch {epoch}/{config.epochs} valid",
-            progress=world.is_main,
-            precision=precision,
-        )
-        evaluation = distributed.gather_evaluation(evaluation, len(valid_set), world)
-        scores = evaluation.scores.summary()
-        seconds = time.perf_counter() - started
-        improved = scores["dice"] > best_dice
-        best_dice = max(best_dice, scores["dice"])
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "valid_loss": evaluation.loss,
-                "valid_dice": scores["dice"],
-                "valid_dice_dataset": scores["dice_dataset"],
-                "valid_iou": scores["iou"],
-                "learning_rate": state.optimizer.param_groups[0]["lr"],
-                "seconds": seconds,
-                "train_seconds": train_seconds,
-            }
-        )
-        checkpoint = make_checkpoint(
+
+    def make_training_checkpoint(epoch: int, **extra: Any) -> dict[str, Any]:
+        return make_checkpoint(
             state.model,
             model_type=config.model.model_type,
             model_kwargs=config.model.kwargs,
@@ -271,26 +261,94 @@ def fit(
             std=IMAGENET_STD,
             epoch=epoch,
             best_dice=best_dice,
-            valid_scores=scores,
             optimizer=state.optimizer.state_dict(),
             config={
                 **to_plain(config),
                 "world_size": world.size,
                 "sync_batchnorm": world.sync_batchnorm,
             },
+            **extra,
         )
-        if world.is_main:
-            save_checkpoint(last_checkpoint_path(config.model_path), checkpoint)
-            if improved:
-                save_checkpoint(config.model_path, checkpoint)
-            write_history(history_path(config.model_path), history)
-            atomic_write_bytes(curves_path(config.model_path), render_curves(history))
-        distributed.barrier(world)  # the files exist before any rank goes on
-        tqdm.write(
-            f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  "
-            f"valid loss {evaluation.loss:.4f}  valid Dice {scores['dice']:.4f}"
-            f"{'  (best, saved)' if improved else ''}  {seconds:.1f} s"
-        )
+
+    with stop_requests_on_ctrl_c(enabled=not world.distributed) as stop_requested:
+        for epoch in range(state.start_epoch + 1, config.epochs + 1):
+            # Shuffle order and augmentation depend on (seed, epoch) only, so a resumed run
+            # sees the same data stream as an uninterrupted one; under torchrun, ranks augment
+            # differently.
+            epoch_seed = config.seed * 100_003 + epoch + world.rank * distributed.RANK_SEED_STRIDE
+            sampler.set_epoch(epoch)
+            generator.manual_seed(epoch_seed)
+            train_set.set_augment_seed(epoch_seed)
+            start = state.partial if epoch == state.start_epoch + 1 else EpochProgress()
+            sampler.skip = start.batches * config.batch_size
+            started = time.perf_counter()
+            progress = train_one_epoch(
+                train_model,
+                train_loader,
+                state.optimizer,
+                loss_fn,
+                device,
+                desc=f"epoch {epoch}/{config.epochs}",
+                progress=world.is_main,
+                precision=precision,
+                scaler=scaler,
+                start=start,
+                stop=stop_requested,
+            )
+            if progress.interrupted:
+                # Ctrl-C: keep the steps taken so far; the same command resumes after them.
+                partial = {"batches": progress.batches, "loss_sum": progress.loss_sum,
+                           "images": progress.images}  # fmt: skip
+                save_checkpoint(
+                    last_checkpoint_path(config.model_path),
+                    make_training_checkpoint(epoch - 1, partial_epoch=partial),
+                )
+                raise KeyboardInterrupt
+            train_seconds = time.perf_counter() - started
+            train_loss = distributed.mean_over_ranks(progress.mean_loss, world)
+            distributed.broadcast_buffers(state.model, world)
+            evaluation = evaluate_model(
+                state.model,
+                valid_loader,
+                device,
+                loss_fn=loss_fn,
+                desc=f"epoch {epoch}/{config.epochs} valid",
+                progress=world.is_main,
+                precision=precision,
+            )
+            evaluation = distributed.gather_evaluation(evaluation, len(valid_set), world)
+            scores = evaluation.scores.summary()
+            seconds = time.perf_counter() - started
+            improved = scores["dice"] > best_dice
+            best_dice = max(best_dice, scores["dice"])
+            history.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "valid_loss": evaluation.loss,
+                    "valid_dice": scores["dice"],
+                    "valid_dice_dataset": scores["dice_dataset"],
+                    "valid_iou": scores["iou"],
+                    "learning_rate": state.optimizer.param_groups[0]["lr"],
+                    "seconds": seconds,
+                    "train_seconds": train_seconds,
+                }
+            )
+            checkpoint = make_training_checkpoint(epoch, valid_scores=scores)
+            if world.is_main:
+                save_checkpoint(last_checkpoint_path(config.model_path), checkpoint)
+                if improved:
+                    save_checkpoint(config.model_path, checkpoint)
+                write_history(history_path(config.model_path), history)
+                atomic_write_bytes(curves_path(config.model_path), render_curves(history))
+            distributed.barrier(world)  # the files exist before any rank goes on
+            tqdm.write(
+                f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  "
+                f"valid loss {evaluation.loss:.4f}  valid Dice {scores['dice']:.4f}"
+                f"{'  (best, saved)' if improved else ''}  {seconds:.1f} s"
+            )
+            if stop_requested():  # Ctrl-C during validation: the epoch is saved whole
+                raise KeyboardInterrupt
     print(
         f"best valid Dice {best_dice:.4f} (mean of per-image Dice at {size}x{size}); "
         f"checkpoint {config.model_path}, last epoch {last_checkpoint_path(config.model_path)}, "
@@ -334,22 +392,32 @@ def restore_or_start(
         group["lr"] = config.learning_rate
     best_dice = float(resume.get("best_dice", float("-inf")))
     history = read_history(history_path(best_path), upto=int(resume["epoch"]))
+    partial = EpochProgress(**resume.get("partial_epoch", {}))
+    into_next = (
+        f" and {partial.batches} batches of epoch {resume['epoch'] + 1}" if partial.batches else ""
+    )
     print(
-        f"resuming from {resume_path}: epoch {resume['epoch']} done of {config.epochs}, "
-        f"best valid Dice {best_dice:.4f}"
+        f"resuming from {resume_path}: epoch {resume['epoch']} done{into_next} of "
+        f"{config.epochs}, best valid Dice {best_dice:.4f}"
     )
     model_config = ModelConfig(resume["model_type"], dict(resume["model_kwargs"]))
-    return TrainState(model, model_config, optimizer, int(resume["epoch"]), best_dice, history)
+    return TrainState(
+        model, model_config, optimizer, int(resume["epoch"]), best_dice, history, partial
+    )
 
 
 def resume_hint(model_path: Path) -> str:
-    """What an interrupted run left: checkpoints are only ever written whole (atomic rename),
-    so the last finished epoch is intact on disk whatever moment the run stopped."""
+    """What an interrupted run left. Checkpoints are only ever written whole (atomic rename):
+    after Ctrl-C the last one holds every step taken, after a crash the last finished epoch."""
     last = last_checkpoint_path(model_path)
     if not last.exists():
         return "no epoch finished, nothing saved"
-    epoch = load_checkpoint(last).get("epoch", "?")
-    return f"{last} holds epoch {epoch}; run the same command to resume"
+    checkpoint = load_checkpoint(last)
+    held = f"epoch {checkpoint.get('epoch', '?')}"
+    batches = checkpoint.get("partial_epoch", {}).get("batches", 0)
+    if batches:
+        held += f" and {batches} batches of the next"
+    return f"{last} holds {held}; run the same command to resume"
 
 
 def count_parameters(model: nn.Module) -> int:

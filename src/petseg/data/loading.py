@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sized
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,12 @@ def ensure_dataset(root: Path, mirror: str | None = None) -> None:
 
 
 def seed_worker(worker_id: int) -> None:
-    """Give each worker's augmentation RNG its own seed, derived from the loader's generator."""
+    """Give each worker's augmentation RNG its own seed, derived from the loader's generator.
+
+    Workers also ignore Ctrl-C: the main process decides how to stop (training saves a
+    checkpoint first) and shuts them down itself.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     info = get_worker_info()
     transform = getattr(info.dataset, "transform", None)
     if hasattr(transform, "set_seed"):
@@ -58,3 +65,26 @@ def make_loader(
         collate_fn=collate_fn,
         sampler=sampler,
     )
+
+
+class SkipFirst(Sampler[int]):
+    """Another sampler's indices less the first `skip`: the rest of an interrupted epoch.
+
+    The base sampler's order depends only on (seed, epoch), so skipping the indices already
+    trained on resumes the epoch exactly where it stopped.
+    """
+
+    def __init__(self, base: Sampler[int], skip: int = 0) -> None:
+        self.base = base
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.base), self.skip, None)
+
+    def __len__(self) -> int:
+        assert isinstance(self.base, Sized)
+        return max(len(self.base) - self.skip, 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)

@@ -163,6 +163,7 @@ class OxfordPetDataset(Dataset):
         self.transform = transform
         self.with_border = with_border
         self.names = list(names) if names is not None else read_split_names(self.root, split)
+        self.augment_seed: int | None = None
         missing = [
             path
             for name in self.names
@@ -172,6 +173,11 @@ class OxfordPetDataset(Dataset):
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise PetsegError(f"{missing[0]}: listed in the {split} split but missing{more}")
+
+    def set_augment_seed(self, seed: int | None) -> None:
+        """Seed each item's augmentation from (seed, index): the same draw whatever the worker,
+        the order or an interruption, so a run resumed mid-epoch sees what it would have seen."""
+        self.augment_seed = seed
 
     def image_path(self, name: str) -> Path:
         return self.root / "images" / f"{name}.jpg"
@@ -184,6 +190,8 @@ class OxfordPetDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         name = self.names[index]
+        if self.augment_seed is not None and hasattr(self.transform, "set_seed"):
+            self.transform.set_seed((self.augment_seed * 1_000_003 + index) % 2**32)
         image = load_rgb(self.image_path(name))
         trimap = load_trimap(self.mask_path(name))
         if image.shape[:2] != trimap.shape:
