@@ -88,6 +88,7 @@ class TrainState:
     best_dice: float
     history: list[dict[str, Any]]
     partial: EpochProgress = field(default_factory=EpochProgress)  # steps into the next epoch
+    grad_scaler: dict[str, Any] | None = None  # fp16's loss scale, when the run used one
 
 
 def train_one_epoch(
@@ -234,6 +235,8 @@ def fit(
     loss_fn = nn.BCEWithLogitsLoss()
     precision = resolve_precision(config.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    if scaler is not None and state.grad_scaler:
+        scaler.load_state_dict(state.grad_scaler)
     if precision != "fp32" or device.type == "cuda":
         # Mixed-precision convolutions run fastest on NHWC; on a CPU in fp32 it gains nothing.
         state.model.to(memory_format=torch.channels_last)
@@ -262,6 +265,7 @@ def fit(
             epoch=epoch,
             best_dice=best_dice,
             optimizer=state.optimizer.state_dict(),
+            grad_scaler=scaler.state_dict() if scaler is not None else None,
             config={
                 **to_plain(config),
                 "world_size": world.size,
@@ -402,7 +406,14 @@ def restore_or_start(
     )
     model_config = ModelConfig(resume["model_type"], dict(resume["model_kwargs"]))
     return TrainState(
-        model, model_config, optimizer, int(resume["epoch"]), best_dice, history, partial
+        model,
+        model_config,
+        optimizer,
+        int(resume["epoch"]),
+        best_dice,
+        history,
+        partial,
+        resume.get("grad_scaler"),
     )
 
 
