@@ -210,9 +210,9 @@ def fit(
     generator = torch.Generator()
     # Under torchrun each rank's share of a (seed, epoch) shuffle; alone, a shuffle drawn from
     # `generator`, reseeded per epoch. SkipFirst lets a resumed epoch start where it stopped.
-    order = distributed.train_sampler(train_set, world, config.seed) or RandomSampler(
-        train_set, generator=generator
-    )
+    order = distributed.train_sampler(train_set, world, config.seed)
+    if order is None:
+        order = RandomSampler(train_set, generator=generator)
     sampler = SkipFirst(order)
     train_loader = make_loader(
         train_set,
