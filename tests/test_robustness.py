@@ -533,3 +533,14 @@ def test_row29_predict_without_inputs_or_data_path(checkpoint_path, capsys) -> N
 def test_row33_check_on_a_missing_folder(tmp_path, capsys) -> None:
     missing = tmp_path / "nothing"
     fails_with(capsys, ["check", "--data_path", str(missing)], str(missing), "no such folder")
+
+
+def test_row09b_other_ranks_skip_the_same_samples_silently(data, capsys) -> None:
+    from petseg.data.check import checked_names
+
+    (data / "images" / f"{TRAINVAL[2]}.jpg").write_bytes(b"not an image")
+    quiet = checked_names(data, "train", skip_bad=True, report=False)
+    assert capsys.readouterr().err == ""
+    loud = checked_names(data, "train", skip_bad=True)
+    assert quiet == loud and TRAINVAL[2] not in loud
+    assert capsys.readouterr().err.count(f"skipping {TRAINVAL[2]} ") == 1

@@ -197,10 +197,16 @@ def fit(
     root = config.data.data_path
     skip_bad = config.data.skip_bad
     train_set = OxfordPetDataset(
-        root, "train", train_transform(size), names=checked_names(root, "train", skip_bad)
+        root,
+        "train",
+        train_transform(size),
+        names=checked_names(root, "train", skip_bad, report=world.is_main),
     )
     valid_set = OxfordPetDataset(
-        root, "valid", eval_transform(size), names=checked_names(root, "valid", skip_bad)
+        root,
+        "valid",
+        eval_transform(size),
+        names=checked_names(root, "valid", skip_bad, report=world.is_main),
     )
     if config.batch_size > len(train_set):
         raise PetsegError(

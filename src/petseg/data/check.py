@@ -150,26 +150,16 @@ def check_samples(
         )
 
 
-def checked_names(root: Path, split: Split, skip_bad: bool) -> list[str]:
-    """The usable names of a split (see usable_names)."""
-    return usable_names(root, read_split_names(root, split), skip_bad=skip_bad, split=split)
-
-
-def usable_names(
-    root: Path,
-    names: Sequence[str],
-    *,
-    skip_bad: bool,
-    split: str,
-    progress: bool = True,
-) -> list[str]:
-    """The names whose samples decode cleanly.
+def checked_names(root: Path, split: Split, skip_bad: bool, *, report: bool = True) -> list[str]:
+    """The names of a split whose samples decode cleanly.
 
     Without skip_bad the first unusable sample stops the run with a one-line error; with it,
-    each unusable sample is reported once on stderr and left out.
+    each unusable sample is reported once on stderr and left out. report=False hides the bar
+    and the warnings (the other ranks under torchrun, which reach the same verdicts).
     """
-    reports = check_samples(root, names, progress=progress, desc=f"checking {split} data")
-    bad = [report for report in reports if not report.usable]
+    names = read_split_names(root, split)
+    reports = check_samples(root, names, progress=report, desc=f"checking {split} data")
+    bad = [sample for sample in reports if not sample.usable]
     if bad and not skip_bad:
         first = next(problem for problem in bad[0].problems if problem.fatal)
         more = f" ({len(bad) - 1} more bad samples)" if len(bad) > 1 else ""
@@ -177,11 +167,11 @@ def usable_names(
             f"{first}{more}; run `petseg check --data_path {root}` for the list, "
             "or pass --skip_bad to leave bad samples out"
         )
-    for report in bad:
-        for problem in report.problems:
+    for sample in bad if report else []:
+        for problem in sample.problems:
             if problem.fatal:
-                print(f"petseg: skipping {report.name} ({split} split): {problem}", file=sys.stderr)
-    bad_names = {report.name for report in bad}
+                print(f"petseg: skipping {sample.name} ({split} split): {problem}", file=sys.stderr)
+    bad_names = {sample.name for sample in bad}
     kept = [name for name in names if name not in bad_names]
     if not kept:
         raise PetsegError(f"{root}: no usable sample left in the {split} split")
