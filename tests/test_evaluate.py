@@ -192,3 +192,28 @@ def test_tta_is_recorded(model_path: Path, pet_root: Path) -> None:
     mirrored = evaluate_checkpoint(model_path, pet_root, num_workers=0, tta=True)
     assert mirrored["tta"] is True and plain["tta"] is False
     assert mirrored["dice"] == pytest.approx(plain["dice"])  # a per-pixel model is mirror-proof
+
+
+def test_scores_at_the_original_resolution_when_the_model_size_differs(
+    model_path: Path, pet_root: Path, tmp_path: Path, capsys
+) -> None:
+    # the same colour model run at 3x3 and at 16x16: the masks resized back to 8x8 score as
+    # the exact ones at 16; at 3 the coarse masks miss columns, and the 8x8 scores show it
+    checkpoint = torch.load(model_path, weights_only=True)
+    scores = {}
+    for size in (3, 16):
+        checkpoint["image_size"] = size
+        sized = tmp_path / f"colour{size}.pt"
+        save_checkpoint(sized, checkpoint)
+        scores[size] = evaluate_checkpoint(sized, pet_root, num_workers=0)
+    expected = np.mean(list(PER_IMAGE_DICE.values()))
+    assert scores[16]["original_resolution"]["dice"] == pytest.approx(expected)
+    assert scores[3]["original_resolution"]["dice"] < expected - 0.01
+    assert scores[3]["original_resolution"]["dice"] != pytest.approx(scores[3]["dice"])
+    assert set(scores[3]["original_resolution"]) == {
+        "dice",
+        "dice_dataset",
+        "iou",
+        "pixel_accuracy",
+    }
+    assert "At each image's original size" in capsys.readouterr().out

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -15,12 +16,13 @@ from tqdm import tqdm
 from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
 from petseg.data.check import checked_names
 from petseg.data.loading import ensure_dataset, make_loader
-from petseg.data.oxford_pet import OxfordPetDataset, Split, breed_of, species_of
+from petseg.data.oxford_pet import OxfordPetDataset, Split, breed_of, load_mask, species_of
 from petseg.data.transforms import eval_transform
 from petseg.errors import PetsegError
 from petseg.files import atomic_write_bytes, atomic_write_text
 from petseg.inference import pet_probabilities, with_flip_tta
-from petseg.metrics import SegmentationScores
+from petseg.losses import LossFn
+from petseg.metrics import SegmentationScores, dice_from_counts
 from petseg.pictures import GalleryRow, render_gallery, to_uint8_image
 from petseg.reports import (
     GroupScore,
@@ -31,13 +33,15 @@ from petseg.reports import (
 )
 from petseg.runtime import autocast, resolve_device, resolve_precision
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# The original-resolution ground truth of the i-th image the loader yields, (H, W) 0/1.
+OriginalMasks = Callable[[int], torch.Tensor]
 
 
 @dataclass
 class Evaluation:
     scores: SegmentationScores
     loss: float | None  # mean loss per image, when a loss function was given
+    original: SegmentationScores | None = None  # at each image's own size, when asked for
 
 
 @torch.inference_mode()
@@ -52,14 +56,19 @@ def evaluate_model(
     desc: str = "evaluate",
     progress: bool = True,
     precision: str = "fp32",
+    original_masks: OriginalMasks | None = None,
 ) -> Evaluation:
     """Score every image of the loader once: per-image counts at `threshold` on probabilities.
 
     Batches are (images, masks) or (images, masks, borders); with borders the scores also
     cover the trimap border band. tta: flip test-time augmentation (the loss ignores it).
+    original_masks: also score at each image's original size, as `predict` writes masks: the
+    probabilities resized back (bilinear), then thresholded. Needs the loader in dataset order.
     """
     model.eval()
     scores = SegmentationScores()
+    original = SegmentationScores() if original_masks is not None else None
+    seen_images = 0
     loss_sum, seen = 0.0, 0
     bar = tqdm(
         loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not progress
@@ -77,7 +86,55 @@ def evaluate_model(
             probs = torch.sigmoid(logits)
         band = borders[0].to(device, non_blocking=True) > 0.5 if borders else None
         scores.update(probs > threshold, masks > 0.5, band)
-    return Evaluation(scores=scores, loss=loss_sum / seen if loss_fn is not None and seen else None)
+        if original is not None and original_masks is not None:
+            for prob in probs:
+                truth = original_masks(seen_images)
+                full = F.interpolate(
+                    prob[None], size=tuple(truth.shape), mode="bilinear", align_corners=False
+                )[0]
+                original.update(full > threshold, truth[None].to(device) > 0)
+                seen_images += 1
+    return Evaluation(
+        scores=scores,
+        loss=loss_sum / seen if loss_fn is not None and seen else None,
+        original=original,
+    )
+
+
+@torch.inference_mode()
+def sweep_thresholds(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    thresholds: Sequence[float],
+    *,
+    precision: str = "fp32",
+    desc: str = "thresholds",
+    progress: bool = True,
+) -> list[float]:
+    """Mean per-image Dice at each threshold, from one pass over the loader."""
+    model.eval()
+    counts: list[list[torch.Tensor]] = [[] for _ in thresholds]
+    bar = tqdm(
+        loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=not progress
+    )
+    for images, masks, *_ in bar:
+        images = images.to(device, non_blocking=True)
+        truth = masks.to(device, non_blocking=True) > 0.5
+        with autocast(device, precision):
+            probs = torch.sigmoid(model(images).float())
+        for kept, threshold in zip(counts, thresholds, strict=True):
+            scores = SegmentationScores()
+            scores.update(probs > threshold, truth)
+            kept.append(scores.counts)
+    return [dice_from_counts(torch.cat(kept)).mean().item() for kept in counts]
+
+
+def choose_threshold(thresholds: Sequence[float], dice: Sequence[float]) -> float:
+    """The threshold with the best Dice; among ties (within 1e-9) the one nearest 0.5."""
+    best = max(dice)
+    tied = [t for t, d in zip(thresholds, dice, strict=True) if d >= best - 1e-9]
+    return min(tied, key=lambda t: (abs(t - 0.5), t))
 
 
 def evaluate_checkpoint(
@@ -123,12 +180,26 @@ def evaluate_checkpoint(
     threshold = float(checkpoint.get("threshold", 0.5))
     precision = resolve_precision(precision, device)
     evaluation = evaluate_model(
-        model, loader, device, threshold=threshold, tta=tta, desc=f"{split}", precision=precision
+        model,
+        loader,
+        device,
+        threshold=threshold,
+        tta=tta,
+        desc=f"{split}",
+        precision=precision,
+        original_masks=lambda index: torch.from_numpy(
+            load_mask(dataset.mask_path(dataset.names[index]))
+        ),
     )
     counts = evaluation.scores.counts
     per_image_dice = evaluation.scores.per_image_dice()
+    assert evaluation.original is not None
+    original = evaluation.original.summary()
     results = {
         **evaluation.scores.summary(),
+        "original_resolution": {
+            key: original[key] for key in ("dice", "dice_dataset", "iou", "pixel_accuracy")
+        },
         "split": split,
         "image_size": size,
         "threshold": threshold,
@@ -215,6 +286,14 @@ def format_results(results: dict) -> str:
         ("pixel accuracy", results["pixel_accuracy"]),
     ]
     lines = [header, *(f"  {label:<30} {value:.4f}" for label, value in rows)]
+    if results.get("original_resolution"):
+        full = results["original_resolution"]
+        lines += [
+            "At each image's original size (probabilities resized back, as predict writes):",
+            f"  {'Dice, mean of per-image Dice':<30} {full['dice']:.4f}",
+            f"  {'Dice, dataset (summed pixels)':<30} {full['dice_dataset']:.4f}",
+            f"  {'IoU, dataset':<30} {full['iou']:.4f}",
+        ]
     if "dice_border_ignored" in results:
         accuracy = results["border_accuracy"]
         lines += [
