@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from petseg import __version__
-from petseg.config import DEFAULT_DATA_PATH, DEFAULT_UNET_WIDTHS, DataConfig, TrainConfig
+from petseg.config import (
+    DEFAULT_DATA_PATH,
+    DEFAULT_UNET_WIDTHS,
+    DataConfig,
+    RecipeConfig,
+    TrainConfig,
+)
 from petseg.errors import PetsegError
 
 MODEL_TYPES = ("unet", "resnet34_unet")  # mirrors petseg.models.MODELS without importing torch
@@ -22,6 +28,13 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # mirrors petseg.runtime.PRECISIO
 DEFAULTS = TrainConfig()
 DIST_BACKENDS = ("auto", "nccl", "gloo")  # mirrors petseg.distributed without importing torch
 DIST_TIMEOUT_S = 600.0
+# Mirror petseg.losses.LOSSES, petseg.schedules.SCHEDULERS, petseg.train.OPTIMIZERS and
+# petseg.data.transforms.AUGMENTS without importing torch (tests check they agree).
+LOSSES = ("bce", "dice", "bce_dice")
+SCHEDULERS = ("constant", "cosine", "onecycle")
+OPTIMIZERS = ("adam", "adamw")
+AUGMENTS = ("lab", "strong")
+RECIPE = DEFAULTS.recipe
 
 
 def _number(kind: Callable[[str], Any], minimum: float, strict: bool = False) -> Callable:
@@ -181,6 +194,79 @@ def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """The training recipe (config.RecipeConfig); the lab report's is `--loss bce --optimizer
+    adam --weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab
+    --no_tune_threshold`."""
+    recipe = parser.add_argument_group(
+        "recipe",
+        "petseg's default recipe; the lab report's is --loss bce --optimizer adam "
+        "--weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab "
+        "--no_tune_threshold",
+    )
+    _flag(
+        recipe,
+        "loss",
+        choices=LOSSES,
+        default=RECIPE.loss,
+        help=f"bce, soft Dice (per image), or their sum (default {RECIPE.loss})",
+    )
+    _flag(
+        recipe,
+        "optimizer",
+        choices=OPTIMIZERS,
+        default=RECIPE.optimizer,
+        help=f"adamw = Adam with decoupled weight decay (default {RECIPE.optimizer})",
+    )
+    _flag(
+        recipe,
+        "weight_decay",
+        type=_number(float, 0.0),
+        default=RECIPE.weight_decay,
+        help=f"weight decay (default {RECIPE.weight_decay:g})",
+    )
+    _flag(
+        recipe,
+        "scheduler",
+        choices=SCHEDULERS,
+        default=RECIPE.scheduler,
+        help="learning rate per step: constant; cosine (linear warmup, then cosine decay to 1%% "
+        "of the peak); onecycle (torch's OneCycleLR curve, warmup over 30%% of the steps) "
+        f"(default {RECIPE.scheduler})",
+    )
+    _flag(
+        recipe,
+        "warmup_epochs",
+        type=_number(float, 0.0),
+        default=RECIPE.warmup_epochs,
+        help=f"linear warmup of the cosine schedule (default {RECIPE.warmup_epochs:g})",
+    )
+    _flag(
+        recipe,
+        "augment",
+        choices=AUGMENTS,
+        default=RECIPE.augment,
+        help="lab: random crop and flip; strong: also scale, rotation, shift and colour jitter "
+        f"(default {RECIPE.augment})",
+    )
+    recipe.add_argument(
+        "--tune_threshold",
+        "--tune-threshold",
+        dest="tune_threshold",
+        action="store_true",
+        default=RECIPE.tune_threshold,
+        help="after training, store in the checkpoint the decision threshold (0.30-0.70) that "
+        "scores best on the valid split; evaluate and predict use it (default on)",
+    )
+    recipe.add_argument(
+        "--no_tune_threshold",
+        "--no-tune-threshold",
+        dest="tune_threshold",
+        action="store_false",
+        help="keep the threshold at 0.5",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="petseg",
@@ -239,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-lr",
         type=positive_float,
         default=DEFAULTS.learning_rate,
-        help=f"Adam learning rate (default {DEFAULTS.learning_rate:g})",
+        help="peak learning rate of the schedule (the lab report used 1e-4, constant; "
+        f"default {DEFAULTS.learning_rate:g})",
     )
     _flag(
         train,
@@ -263,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W1,W2,...",
         help="unet channel widths per level (default 64,128,256,512)",
     )
+    _add_recipe_flags(train)
     _add_precision_flag(train, DEFAULTS.precision)
     _add_skip_bad_flag(train)
     _add_runtime_flags(
@@ -411,6 +499,15 @@ def run_train(args: argparse.Namespace) -> None:
         device=args.device,
         seed=args.seed,
         precision=args.precision,
+        recipe=RecipeConfig(
+            loss=args.loss,
+            optimizer=args.optimizer,
+            weight_decay=args.weight_decay,
+            scheduler=args.scheduler,
+            warmup_epochs=args.warmup_epochs,
+            augment=args.augment,
+            tune_threshold=args.tune_threshold,
+        ),
     )
     session = world_session(
         args.device,

@@ -28,16 +28,36 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RecipeConfig:
+    """How the model learns: loss, optimizer, schedule, augmentation, decision threshold.
+
+    The defaults are petseg's recipe, each part kept because bench/quality.py showed it helps
+    (README, "Accuracy"). The lab report's recipe is `--loss bce --optimizer adam
+    --weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab
+    --no_tune_threshold`.
+    """
+
+    loss: str = "bce_dice"  # petseg.losses.LOSSES
+    optimizer: str = "adamw"  # adam | adamw
+    weight_decay: float = 1e-2
+    scheduler: str = "onecycle"  # petseg.schedules.SCHEDULERS
+    warmup_epochs: float = 1.0  # linear warmup of the cosine schedule
+    augment: str = "strong"  # petseg.data.transforms.AUGMENTS
+    tune_threshold: bool = True  # choose the decision threshold on the valid split after training
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     model_path: Path = Path("runs/unet.pt")
     epochs: int = 50
     batch_size: int = 16
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-3  # the peak rate of the schedule
     device: str = "auto"
     seed: int = 42
     precision: str = "auto"  # autocast: auto | fp32 | bf16 | fp16 (see runtime.resolve_precision)
+    recipe: RecipeConfig = field(default_factory=lambda: RecipeConfig())
 
     def __post_init__(self) -> None:
         checks = [
@@ -52,6 +72,14 @@ class TrainConfig:
                 f"--image_size must be at least 32, got {self.data.image_size}",
             ),
             (self.data.num_workers >= 0, "--num_workers cannot be negative"),
+            (
+                self.recipe.weight_decay >= 0,
+                f"--weight_decay cannot be negative, got {self.recipe.weight_decay}",
+            ),
+            (
+                self.recipe.warmup_epochs >= 0,
+                f"--warmup_epochs cannot be negative, got {self.recipe.warmup_epochs}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,13 +1,16 @@
-"""`petseg train`: BCE + Adam training with per-epoch validation, checkpoints and resume.
+"""`petseg train`: training with per-epoch validation, checkpoints and resume.
 
-Beside the best checkpoint NAME.pt, every epoch rewrites NAME.last.pt, NAME.history.csv and
-NAME.curves.png (loss, valid Dice and learning rate so far).
+The recipe (loss, optimizer, learning-rate schedule, augmentation, decision threshold) comes
+from config.RecipeConfig. Beside the best checkpoint NAME.pt, every epoch rewrites NAME.last.pt,
+NAME.history.csv and NAME.curves.png (loss, valid Dice and learning rate so far). After the
+last epoch the best checkpoint gets the decision threshold that scores best on the valid split.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -29,14 +32,15 @@ from petseg.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from petseg.config import ModelConfig, TrainConfig, to_plain
+from petseg.config import ModelConfig, RecipeConfig, TrainConfig, to_plain
 from petseg.data.check import checked_names
 from petseg.data.loading import SkipFirst, ensure_dataset, make_loader
 from petseg.data.oxford_pet import OxfordPetDataset
 from petseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from petseg.errors import PetsegError
-from petseg.evaluate import LossFn, evaluate_model
+from petseg.evaluate import choose_threshold, evaluate_model, sweep_thresholds
 from petseg.files import atomic_write_bytes, atomic_write_text, ensure_folder
+from petseg.losses import LossFn, get_loss
 from petseg.models import build_model
 from petseg.pictures import render_curves
 from petseg.runtime import (
@@ -46,6 +50,11 @@ from petseg.runtime import (
     seed_everything,
     stop_requests_on_ctrl_c,
 )
+from petseg.schedules import learning_rate_at
+
+OPTIMIZERS = ("adam", "adamw")
+# Decision thresholds tried on the valid split after training (--tune_threshold).
+THRESHOLD_CANDIDATES = tuple(round(0.3 + 0.05 * i, 2) for i in range(9))  # 0.30 ... 0.70
 
 # Non-finite steps in a row after which training stops instead of skipping on.
 MAX_NONFINITE_STEPS = 5
@@ -105,6 +114,7 @@ def train_one_epoch(
     max_nonfinite: int = MAX_NONFINITE_STEPS,
     start: EpochProgress | None = None,
     stop: Callable[[], bool] = lambda: False,
+    learning_rate: Callable[[int], float] | None = None,
 ) -> EpochProgress:
     """One pass over the loader; returns the progress, whose mean_loss is per image.
 
@@ -115,6 +125,7 @@ def train_one_epoch(
     as they were); `max_nonfinite` such steps in a row stop training with a PetsegError.
     precision: autocast for the forward pass ("fp32", "bf16", "fp16"); the loss stays fp32.
     scaler: the gradient scaler fp16 needs; it skips non-finite steps itself.
+    learning_rate: the rate for the epoch's batch number (1-based), set before each step.
     """
     model.train()
     done = replace(start) if start is not None else EpochProgress()
@@ -128,6 +139,10 @@ def train_one_epoch(
             break
         done.batches += 1
         batch = done.batches
+        if learning_rate is not None:
+            rate = learning_rate(batch)
+            for group in optimizer.param_groups:
+                group["lr"] = rate
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         with autocast(device, precision):
@@ -199,7 +214,7 @@ def fit(
     train_set = OxfordPetDataset(
         root,
         "train",
-        train_transform(size),
+        train_transform(size, augment=config.recipe.augment),
         names=checked_names(root, "train", skip_bad, report=world.is_main),
     )
     valid_set = OxfordPetDataset(
@@ -238,7 +253,23 @@ def fit(
         device=device,
         sampler=distributed.valid_sampler(valid_set, world),
     )
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = get_loss(config.recipe.loss)
+    steps_per_epoch = (
+        len(order) // config.batch_size
+        if len(order) > config.batch_size
+        else math.ceil(len(order) / config.batch_size)
+    )
+
+    def schedule(epoch: int) -> Callable[[int], float]:
+        """The learning rate at each batch of `epoch`, from the global step."""
+        return lambda batch: learning_rate_at(
+            (epoch - 1) * steps_per_epoch + batch - 1,
+            base_lr=config.learning_rate,
+            total_steps=config.epochs * steps_per_epoch,
+            scheduler=config.recipe.scheduler,
+            warmup_steps=round(config.recipe.warmup_epochs * steps_per_epoch),
+        )
+
     precision = resolve_precision(config.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     if scaler is not None and state.grad_scaler:
@@ -251,6 +282,7 @@ def fit(
         f"parameters) on {device.type} in {precision} at {size}x{size}: {len(train_set)} train / "
         f"{len(valid_set)} valid images, epochs {state.start_epoch + 1}..{config.epochs}"
     )
+    print(f"recipe: {describe_recipe(config)}")
     if world.distributed:
         print(
             f"data parallel over {world.size} processes ({world.backend}): batch "
@@ -304,6 +336,7 @@ def fit(
                 scaler=scaler,
                 start=start,
                 stop=stop_requested,
+                learning_rate=schedule(epoch),
             )
             if progress.interrupted:
                 # Ctrl-C: keep the steps taken so far; the same command resumes after them.
@@ -359,6 +392,12 @@ def fit(
             )
             if stop_requested():  # Ctrl-C during validation: the epoch is saved whole
                 raise KeyboardInterrupt
+    if config.recipe.tune_threshold:
+        if world.is_main:
+            tune_checkpoint_threshold(
+                config.model_path, valid_set, config.batch_size, device, precision
+            )
+        distributed.barrier(world)
     print(
         f"best valid Dice {best_dice:.4f} (mean of per-image Dice at {size}x{size}); "
         f"checkpoint {config.model_path}, last epoch {last_checkpoint_path(config.model_path)}, "
@@ -378,7 +417,7 @@ def restore_or_start(
     ]
     if not candidates:
         model = build_model(config.model.model_type, **config.model.kwargs).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+        optimizer = build_optimizer(model, config)
         return TrainState(
             model, config.model, optimizer, start_epoch=0, best_dice=float("-inf"), history=[]
         )
@@ -393,13 +432,14 @@ def restore_or_start(
     if "optimizer" not in resume or "epoch" not in resume:
         raise PetsegError(f"{resume_path}: has no training state to resume from")
     model = model_from_checkpoint(resume, resume_path).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimizer = build_optimizer(model, config)
     try:
         optimizer.load_state_dict(resume["optimizer"])
     except (ValueError, KeyError) as error:
         raise PetsegError(f"{resume_path}: optimizer state does not fit ({error})") from None
-    for group in optimizer.param_groups:  # the command line's learning rate wins
+    for group in optimizer.param_groups:  # the command line's rate and decay win
         group["lr"] = config.learning_rate
+        group["weight_decay"] = optimizer.defaults["weight_decay"]
     best_dice = float(resume.get("best_dice", float("-inf")))
     history = read_history(history_path(best_path), upto=int(resume["epoch"]))
     partial = EpochProgress(**resume.get("partial_epoch", {}))
@@ -421,6 +461,64 @@ def restore_or_start(
         partial,
         resume.get("grad_scaler"),
     )
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam (L2 penalty in the gradient) or AdamW (decoupled weight decay), one parameter group."""
+    recipe = config.recipe
+    if recipe.optimizer not in OPTIMIZERS:
+        raise PetsegError(
+            f"unknown optimizer {recipe.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+        )
+    kind = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+    return kind(model.parameters(), lr=config.learning_rate, weight_decay=recipe.weight_decay)
+
+
+def describe_recipe(config: TrainConfig) -> str:
+    """One line: loss, optimizer, schedule, augmentation, threshold choice."""
+    recipe: RecipeConfig = config.recipe
+    warmup = (
+        f", {recipe.warmup_epochs:g} warmup epochs"
+        if recipe.scheduler == "cosine" and recipe.warmup_epochs
+        else ""
+    )
+    return (
+        f"loss {recipe.loss}, {recipe.optimizer} lr {config.learning_rate:g} "
+        f"weight decay {recipe.weight_decay:g}, {recipe.scheduler} schedule{warmup}, "
+        f"{recipe.augment} augmentation, batch {config.batch_size}, threshold "
+        + ("tuned on valid" if recipe.tune_threshold else "0.5")
+    )
+
+
+def tune_checkpoint_threshold(
+    model_path: Path,
+    valid_set: OxfordPetDataset,
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+) -> float:
+    """Store in the best checkpoint the threshold that maximises valid per-image Dice."""
+    checkpoint = load_checkpoint(model_path)
+    model = model_from_checkpoint(checkpoint, model_path).to(device)
+    loader = make_loader(valid_set, batch_size, shuffle=False, num_workers=0, device=device)
+    dice = sweep_thresholds(
+        model, loader, device, THRESHOLD_CANDIDATES, precision=precision, desc="threshold"
+    )
+    threshold = choose_threshold(THRESHOLD_CANDIDATES, dice)
+    checkpoint["threshold"] = threshold
+    checkpoint["threshold_sweep"] = {
+        "split": "valid",
+        "thresholds": list(THRESHOLD_CANDIDATES),
+        "dice": dice,
+    }
+    save_checkpoint(model_path, checkpoint)
+    at_half = dice[THRESHOLD_CANDIDATES.index(0.5)]
+    chosen = dice[THRESHOLD_CANDIDATES.index(threshold)]
+    print(
+        f"decision threshold {threshold:.2f} chosen on the valid split (per-image Dice "
+        f"{chosen:.4f}, {at_half:.4f} at 0.50); stored in {model_path}"
+    )
+    return threshold
 
 
 def resume_hint(model_path: Path) -> str:

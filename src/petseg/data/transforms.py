@@ -18,6 +18,7 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # The training pipeline resizes to this factor of the size, then crops a random window.
 TRAIN_RESIZE_FACTOR = 1.12
+AUGMENTS = ("lab", "strong")  # training augmentation levels, see train_transform
 
 
 class PairTransform:
@@ -51,14 +52,41 @@ def train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     seed: int | None = None,
+    augment: str = "strong",
 ) -> PairTransform:
-    """The lab's augmentation: resize to ~1.12x, random crop to size, horizontal flip, normalize."""
+    """Resize to ~1.12x, then the `augment` level's random ops, crop to size, normalize.
+
+    lab: the lab report's random crop and horizontal flip;
+    strong: also a random scale (0.75-1.25x), rotation (up to 15 degrees) and shift before the
+    crop, and colour jitter after it; pixels moved in from outside are black background.
+    """
+    if augment not in AUGMENTS:
+        raise ValueError(f"unknown augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
     resized = round(size * TRAIN_RESIZE_FACTOR)
+    geometry: list[A.BasicTransform] = []
+    colour: list[A.BasicTransform] = []
+    if augment == "strong":
+        geometry = [
+            A.Affine(
+                scale=(0.75, 1.25),
+                rotate=(-15, 15),
+                translate_percent=(-0.06, 0.06),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=0,
+                p=0.7,
+            )
+        ]
+        colour = [A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.03, p=0.6)]
     pipeline = A.Compose(
         [
             A.Resize(resized, resized, interpolation=cv2.INTER_LINEAR),
+            *geometry,
             A.RandomCrop(size, size),
             A.HorizontalFlip(p=0.5),
+            *colour,
             _normalize(mean, std),
         ],
         seed=seed,

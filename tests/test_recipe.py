@@ -1,0 +1,204 @@
+"""The training recipe: flags reach the config, the schedule drives the optimizer, the strong
+augmentation keeps image and mask aligned, and the tuned threshold is stored in the checkpoint
+and used by evaluate and predict."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import petseg.evaluate
+import petseg.predict
+import petseg.train
+from petseg import cli
+from petseg.checkpoint import history_path, load_checkpoint, make_checkpoint, save_checkpoint
+from petseg.data.oxford_pet import OxfordPetDataset
+from petseg.data.transforms import (
+    AUGMENTS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    train_transform,
+)
+from petseg.evaluate import choose_threshold, evaluate_checkpoint
+from petseg.losses import LOSSES
+from petseg.predict import predict_masks
+from petseg.schedules import SCHEDULERS, learning_rate_at
+from petseg.train import OPTIMIZERS, THRESHOLD_CANDIDATES, tune_checkpoint_threshold
+from test_robustness import make_dataset, train_args
+
+SIZE = 16
+
+
+def test_the_cli_choices_mirror_the_modules() -> None:
+    assert tuple(LOSSES) == cli.LOSSES
+    assert cli.SCHEDULERS == SCHEDULERS
+    assert cli.OPTIMIZERS == OPTIMIZERS
+    assert cli.AUGMENTS == AUGMENTS
+
+
+def test_recipe_flags_in_both_spellings_reach_the_config(monkeypatch, tmp_path) -> None:
+    seen = {}
+    monkeypatch.setattr(petseg.train, "fit", lambda config, **_: seen.setdefault("c", config))
+    argv = [
+        "train", "--data_path", str(tmp_path), "--loss", "bce", "--optimizer", "adam",
+        "--weight-decay", "0", "--scheduler", "constant", "--warmup_epochs", "2",
+        "--augment", "lab", "--no-tune-threshold", "-lr", "1e-4",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    config = seen["c"]
+    assert config.learning_rate == 1e-4
+    recipe = config.recipe
+    assert (recipe.loss, recipe.optimizer, recipe.weight_decay) == ("bce", "adam", 0.0)
+    assert (recipe.scheduler, recipe.warmup_epochs, recipe.augment) == ("constant", 2.0, "lab")
+    assert recipe.tune_threshold is False
+
+
+def test_defaults_are_the_documented_recipe() -> None:
+    args = cli.build_parser().parse_args(["train"])
+    assert (args.loss, args.optimizer, args.scheduler, args.augment) == (
+        "bce_dice",
+        "adamw",
+        "onecycle",
+        "strong",
+    )
+    assert args.tune_threshold is True and args.learning_rate == 1e-3
+
+
+def test_a_negative_weight_decay_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--weight_decay", "-1"])
+    assert "--weight_decay" in capsys.readouterr().err
+
+
+def test_strong_augmentation_moves_image_and_mask_together() -> None:
+    # the image is white exactly where the mask is pet; after scale, rotation, shift and crop
+    # the two must still agree everywhere but at interpolated edges
+    mask = np.zeros((120, 160), dtype=np.uint8)
+    mask[30:90, 50:120] = 1
+    image = np.repeat(mask[..., None] * 255, 3, axis=2).astype(np.uint8)
+    transform = train_transform(64, mean=(0, 0, 0), std=(1, 1, 1), augment="strong", seed=3)
+    moved = 0
+    for _ in range(10):
+        image_t, mask_t = transform(image, mask)
+        assert set(mask_t.unique().tolist()) <= {0.0, 1.0}
+        # colour jitter changes brightness, not which pixels are bright
+        bright = image_t.mean(0) > image_t.mean(0).max() / 2
+        assert (bright == (mask_t[0] > 0.5)).float().mean() > 0.95
+        moved += not torch.equal(mask_t, train_transform(64, augment="lab", seed=3)(image, mask)[1])
+    assert moved >= 5  # the geometry really differs from the lab's crop and flip
+
+
+class FaintRed(nn.Module):
+    """Probability 0.4 on red pixels, 0.1 elsewhere: only a threshold below 0.4 finds the pet."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        red = (images[:, :1] > images[:, 2:3]).float()
+        return torch.logit(0.1 + 0.3 * red)
+
+
+def write_red_pets(root: Path, names: list[str]) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    trimap = np.full((SIZE, SIZE), 2, dtype=np.uint8)
+    trimap[:, : SIZE // 2] = 1
+    pixels = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
+    pixels[..., 2] = 255
+    pixels[:, : SIZE // 2] = (255, 0, 0)
+    for name in names:
+        Image.fromarray(pixels).save(root / "images" / f"{name}.jpg", format="PNG")  # lossless
+        Image.fromarray(trimap).save(root / "annotations" / "trimaps" / f"{name}.png")
+    listing = "".join(f"{name} 1 1 1\n" for name in names)
+    (root / "annotations" / "trainval.txt").write_text(listing)
+    (root / "annotations" / "test.txt").write_text(listing)
+    return root
+
+
+def test_choose_threshold_prefers_the_best_then_the_nearest_to_half() -> None:
+    assert choose_threshold([0.3, 0.4, 0.5, 0.6], [0.8, 0.9, 0.85, 0.9]) == 0.4  # tie: nearer
+    assert choose_threshold([0.3, 0.4, 0.5, 0.6], [0.8, 0.9, 0.85, 0.7]) == 0.4
+    assert choose_threshold([0.3, 0.4, 0.5, 0.6], [0.9, 0.9, 0.9, 0.9]) == 0.5
+    assert choose_threshold([0.3, 0.35, 0.4], [1.0, 1.0, 0.0]) == 0.35
+
+
+def test_the_tuned_threshold_is_stored_and_used_by_evaluate_and_predict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f"Abyssinian_{index}" for index in range(1, 11)]  # the first line is valid
+    root = write_red_pets(tmp_path / "pets", names)
+    path = tmp_path / "faint.pt"
+    save_checkpoint(
+        path,
+        make_checkpoint(
+            nn.Identity(),
+            model_type="unet",
+            model_kwargs={},
+            image_size=SIZE,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            epoch=1,
+        ),
+    )
+    for module in (petseg.train, petseg.evaluate, petseg.predict):
+        monkeypatch.setattr(module, "model_from_checkpoint", lambda *_: FaintRed())
+    before = evaluate_checkpoint(path, root, split="test", num_workers=0)
+    assert before["threshold"] == 0.5 and before["dice"] == 0.0  # 0.4 < 0.5: nothing found
+
+    valid = OxfordPetDataset(root, "valid", eval_transform(SIZE))
+    chosen = tune_checkpoint_threshold(path, valid, 4, torch.device("cpu"), "fp32")
+    # 0.30 and 0.35 find the pet exactly; of the two, 0.35 is nearer 0.5
+    assert chosen == pytest.approx(0.35)
+    stored = load_checkpoint(path)
+    assert stored["threshold"] == pytest.approx(0.35)
+    sweep = stored["threshold_sweep"]
+    assert sweep["thresholds"] == list(THRESHOLD_CANDIDATES)
+    assert sweep["dice"][:2] == [1.0, 1.0] and max(sweep["dice"][2:]) == 0.0
+
+    after = evaluate_checkpoint(path, root, split="test", num_workers=0)
+    assert after["threshold"] == pytest.approx(0.35) and after["dice"] == 1.0
+    assert after["original_resolution"]["dice"] == 1.0
+
+    photo = root / "images" / f"{names[0]}.jpg"
+    predict_masks(path, tmp_path / "out", inputs=[photo], num_workers=0)
+    with Image.open(tmp_path / "out" / f"{names[0]}.png") as written:
+        mask = np.asarray(written)
+    assert (mask[:, : SIZE // 2] == 255).all() and (mask[:, SIZE // 2 :] == 0).all()
+    # an explicit --threshold still wins over the stored one
+    predict_masks(path, tmp_path / "out5", inputs=[photo], num_workers=0, threshold=0.5)
+    with Image.open(tmp_path / "out5" / f"{names[0]}.png") as written:
+        assert not np.asarray(written).any()
+
+
+def test_training_follows_the_schedule_and_stores_a_tuned_threshold(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "pets")  # 18 train images: 4 steps of 4 per epoch
+    model_path = tmp_path / "m.pt"
+    argv = train_args(data, model_path, "--epochs", "2", "--scheduler", "cosine",
+                      "--warmup_epochs", "1", "-lr", "0.01")  # fmt: skip
+    assert cli.main(argv) == 0
+    with history_path(model_path).open() as handle:
+        rates = [float(row["learning_rate"]) for row in csv.DictReader(handle)]
+    # each row holds the rate of the epoch's last step: steps 3 and 7 of 8, warmup 4
+    expected = [
+        learning_rate_at(step, base_lr=0.01, total_steps=8, scheduler="cosine", warmup_steps=4)
+        for step in (3, 7)
+    ]
+    assert rates == pytest.approx(expected)
+    checkpoint = load_checkpoint(model_path)
+    assert checkpoint["threshold"] in THRESHOLD_CANDIDATES
+    assert checkpoint["threshold_sweep"]["split"] == "valid"
+    assert checkpoint["config"]["recipe"]["scheduler"] == "cosine"
+    assert "threshold_sweep" not in load_checkpoint(model_path.with_name("m.last.pt"))
+
+
+def test_no_tune_threshold_keeps_one_half(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "pets")
+    model_path = tmp_path / "m.pt"
+    assert cli.main(train_args(data, model_path, "--no_tune_threshold")) == 0
+    checkpoint = load_checkpoint(model_path)
+    assert checkpoint["threshold"] == 0.5 and "threshold_sweep" not in checkpoint
