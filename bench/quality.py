@@ -1,0 +1,156 @@
+"""Accuracy of a training recipe: train with `petseg train`, score the best checkpoint on test.
+
+Each seed runs the same code path as the `petseg train` command (petseg.cli.main), then
+`petseg evaluate` on the test split, with and without flip TTA. Prints one JSON line per seed
+and a summary line with the mean and standard deviation across seeds. Dice is the mean of
+per-image Dice at the checkpoint's threshold; dataset Dice and IoU come from summed pixels;
+all at the training size, and again at each image's original size.
+
+    python bench/quality.py ../shared/data/oxford-iiit-pet-sample --model_type resnet34_unet \
+        --image_size 128 --epochs 40 --seeds 3
+    # the issue's reference recipe through petseg's flags:
+    python bench/quality.py DATA --recipe plain --epochs 40
+    # any other `petseg train` flags after --, e.g. an ablation:
+    python bench/quality.py DATA --epochs 40 -- --loss bce
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from petseg.checkpoint import load_checkpoint
+from petseg.cli import main as petseg_main
+from petseg.evaluate import evaluate_checkpoint
+
+# Recipes by name, as `petseg train` flags. plain: the issue's reference (BCE, Adam, OneCycle
+# 1e-3, the lab's crop and flip); lab: the lab report's constant Adam 1e-4.
+RECIPES: dict[str, list[str]] = {
+    "default": [],
+    "plain": [
+        "--loss", "bce", "--optimizer", "adam", "--weight_decay", "0", "--scheduler", "onecycle",
+        "--learning-rate", "1e-3", "--augment", "lab", "--no_tune_threshold",
+    ],
+    "lab": [
+        "--loss", "bce", "--optimizer", "adam", "--weight_decay", "0", "--scheduler", "constant",
+        "--learning-rate", "1e-4", "--augment", "lab", "--no_tune_threshold",
+    ],
+}  # fmt: skip
+REPORTED = ("dice", "dice_dataset", "iou")
+
+
+def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, Any]:
+    model_path = work_dir / f"{args.model_type}-{args.recipe}-seed{seed}.pt"
+    command = [
+        "train", "--data_path", str(args.data_dir), "--model_type", args.model_type,
+        "--image_size", str(args.image_size), "--epochs", str(args.epochs),
+        "--batch_size", str(args.batch_size), "--num_workers", str(args.num_workers),
+        "--seed", str(seed), "--model_path", str(model_path),
+        *RECIPES[args.recipe], *args.train_flags,
+    ]  # fmt: skip
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON lines
+        code = petseg_main(command)
+        if code != 0:
+            raise SystemExit(f"petseg {' '.join(command)} exited with {code}")
+        train_seconds = time.perf_counter() - started
+        scores = {
+            name: evaluate_checkpoint(
+                model_path, args.data_dir, split="test", num_workers=args.num_workers, tta=tta
+            )
+            for name, tta in (("test", False), ("test_tta", True))
+        }
+    checkpoint = load_checkpoint(model_path)
+    config = checkpoint["config"]
+    result: dict[str, Any] = {
+        "model_type": args.model_type,
+        "recipe": args.recipe,
+        "seed": seed,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "best_epoch": checkpoint["epoch"],
+        "valid_dice": checkpoint["valid_scores"]["dice"],
+        "threshold": checkpoint["threshold"],
+        "train_minutes": round(train_seconds / 60, 2),
+        "train_flags": [*RECIPES[args.recipe], *args.train_flags],
+        "resolved_recipe": {
+            **config["recipe"],
+            "learning_rate": config["learning_rate"],
+            "batch_size": config["batch_size"],
+        },
+    }
+    for name, results in scores.items():
+        for key in REPORTED:
+            result[f"{name}_{key}"] = results[key]
+            result[f"{name}_original_{key}"] = results["original_resolution"][key]
+    result["test_per_image_dice"] = scores["test"].get("per_image_dice")
+    return result
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "summary": True,
+        "model_type": results[0]["model_type"],
+        "recipe": results[0]["recipe"],
+        "train_flags": results[0]["train_flags"],
+        "seeds": [result["seed"] for result in results],
+        "epochs": results[0]["epochs"],
+        "image_size": results[0]["image_size"],
+    }
+    keys = [key for key in results[0] if key.startswith(("test", "valid_dice"))]
+    for key in keys:
+        if key == "test_per_image_dice":
+            continue
+        values = [result[key] for result in results]
+        summary[f"{key}_mean"] = round(statistics.fmean(values), 4)
+        summary[f"{key}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--model_type", default="resnet34_unet")
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=1, help="how many seeds (0, 1, ...)")
+    parser.add_argument("--first_seed", type=int, default=0)
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default")
+    parser.add_argument(
+        "--work_dir", type=Path, default=None, help="keep checkpoints here (default a temp dir)"
+    )
+    parser.add_argument("--output", type=Path, default=None, help="also append the JSON lines")
+    parser.add_argument("train_flags", nargs="*", help="more `petseg train` flags, after --")
+    args = parser.parse_args()
+
+    with contextlib.ExitStack() as stack:
+        work_dir = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        work_dir.mkdir(parents=True, exist_ok=True)
+        results = []
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            result = run_seed(args, seed, work_dir)
+            results.append(result)
+            emit({key: value for key, value in result.items() if key != "test_per_image_dice"},
+                 args.output)  # fmt: skip
+        emit(summarize(results), args.output)
+
+
+def emit(record: dict[str, Any], output: Path | None) -> None:
+    line = json.dumps(record)
+    print(line, flush=True)
+    if output is not None:
+        with output.open("a") as handle:
+            handle.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
