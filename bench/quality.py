@@ -1,7 +1,8 @@
 """Accuracy of a training recipe: train with `petseg train`, score the best checkpoint on test.
 
 Each seed runs the same code path as the `petseg train` command (petseg.cli.main), then
-`petseg evaluate` on the test split, with and without flip TTA. Prints one JSON line per seed
+`petseg evaluate` on the test split: at the checkpoint's threshold with and without flip TTA
+(test_*, test_tta_*), and at threshold 0.5 (test_t50_*). Prints one JSON line per seed
 and a summary line with the mean and standard deviation across seeds. Dice is the mean of
 per-image Dice at the checkpoint's threshold; dataset Dice and IoU come from summed pixels;
 all at the training size, and again at each image's original size.
@@ -61,11 +62,21 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, A
         if code != 0:
             raise SystemExit(f"petseg {' '.join(command)} exited with {code}")
         train_seconds = time.perf_counter() - started
+        # the checkpoint's threshold (tuned on valid or 0.5), with and without TTA, and 0.5
         scores = {
             name: evaluate_checkpoint(
-                model_path, args.data_dir, split="test", num_workers=args.num_workers, tta=tta
+                model_path,
+                args.data_dir,
+                split="test",
+                num_workers=args.num_workers,
+                tta=tta,
+                threshold=threshold,
             )
-            for name, tta in (("test", False), ("test_tta", True))
+            for name, tta, threshold in (
+                ("test", False, None),
+                ("test_tta", True, None),
+                ("test_t50", False, 0.5),
+            )
         }
     checkpoint = load_checkpoint(model_path)
     config = checkpoint["config"]

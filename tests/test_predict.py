@@ -149,9 +149,11 @@ def test_threshold_and_tta_through_the_command_line(model_path: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2", "half"])
-def test_threshold_outside_zero_one_is_a_usage_error(value: str, capsys) -> None:
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_threshold_outside_zero_one_is_a_usage_error(value: str, command: str, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["predict", "--model_path", "m.pt", "x.jpg", "--threshold", value])
+        paths = ["x.jpg"] if command == "predict" else []
+        main([command, "--model_path", "m.pt", *paths, "--threshold", value])
     assert exit_info.value.code == 2
     assert "threshold" in capsys.readouterr().err
 

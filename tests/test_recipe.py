@@ -163,6 +163,8 @@ def test_the_tuned_threshold_is_stored_and_used_by_evaluate_and_predict(
     after = evaluate_checkpoint(path, root, split="test", num_workers=0)
     assert after["threshold"] == pytest.approx(0.35) and after["dice"] == 1.0
     assert after["original_resolution"]["dice"] == 1.0
+    forced = evaluate_checkpoint(path, root, split="test", num_workers=0, threshold=0.5)
+    assert forced["threshold"] == 0.5 and forced["dice"] == 0.0
 
     photo = root / "images" / f"{names[0]}.jpg"
     predict_masks(path, tmp_path / "out", inputs=[photo], num_workers=0)

@@ -392,6 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="where --gallery goes (default OUTPUT_STEM.gallery.png beside --output, "
         "else NAME.SPLIT.gallery.png beside the checkpoint)",
     )
+    _flag(
+        evaluate,
+        "threshold",
+        type=_probability,
+        default=None,
+        help="probability threshold (default: the checkpoint's, tuned on the valid split when "
+        "trained with --tune_threshold, else 0.5)",
+    )
     _add_tta_flag(evaluate)
     _add_precision_flag(evaluate, "auto")
     _flag(
@@ -437,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
         "threshold",
         type=_probability,
         default=None,
-        help="probability threshold (default: the checkpoint's, 0.5)",
+        help="probability threshold (default: the checkpoint's, tuned on the valid split when "
+        "trained with --tune_threshold, else 0.5)",
     )
     _flag(
         predict,
@@ -540,6 +549,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         precision=args.precision,
         gallery=args.gallery,
         gallery_path=args.gallery_path,
+        threshold=args.threshold,
     )
 
 

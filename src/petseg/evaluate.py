@@ -153,8 +153,11 @@ def evaluate_checkpoint(
     precision: str = "fp32",
     gallery: int = 0,
     gallery_path: Path | None = None,
+    threshold: float | None = None,
 ) -> dict:
     """Evaluate the checkpoint at its own image size; print the scores, optionally write JSON.
+
+    threshold: the decision threshold; default the checkpoint's (tuned on valid, else 0.5).
 
     gallery: also draw the `gallery` worst images (by per-image Dice) to `gallery_path`,
     by default beside --output (OUTPUT_STEM.gallery.png) or else beside the checkpoint
@@ -177,7 +180,8 @@ def evaluate_checkpoint(
         with_border=True,
     )
     loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, device=device)
-    threshold = float(checkpoint.get("threshold", 0.5))
+    if threshold is None:
+        threshold = float(checkpoint.get("threshold", 0.5))
     precision = resolve_precision(precision, device)
     evaluation = evaluate_model(
         model,
