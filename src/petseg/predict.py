@@ -4,8 +4,9 @@ Optional pictures beside each mask NAME.png: NAME_overlay.png (the image with th
 and NAME_cutout.png (RGBA: the image's pixels, transparent outside the mask). All are at the
 original size in the orientation viewers display (EXIF orientation applied).
 
-The model becomes a `Predictor`, a function from normalized batches to probabilities plus the
-preprocessing it expects, so that loading, resizing back and writing do not depend on what runs it.
+Two backends run the model: PyTorch on a checkpoint, ONNX Runtime on a file from `petseg export`.
+Each becomes a `Predictor`, a function from normalized batches to probabilities plus the
+preprocessing it expects; loading, resizing back and writing are the same for both.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from petseg.data.transforms import PairTransform, eval_transform
 from petseg.errors import PetsegError
 from petseg.files import ensure_folder
 from petseg.inference import pet_probabilities
+from petseg.onnx_model import load_onnx_model, session_logits
 from petseg.pictures import cutout, overlay, save_png
 from petseg.runtime import autocast, resolve_device, resolve_precision
 
@@ -35,6 +37,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 OVERLAY_SUFFIX, CUTOUT_SUFFIX = "_overlay", "_cutout"  # NAME_overlay.png, NAME_cutout.png
 
 Item = tuple[torch.Tensor, tuple[int, int], int, np.ndarray | None]
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -50,15 +53,39 @@ class Predictor:
     description: str  # how it runs, for the summary line
 
 
+def resolve_backend(model_path: Path, backend: str | None) -> str:
+    """None: onnxruntime for a .onnx file, else torch. A backend given must suit the file."""
+    is_onnx = model_path.suffix.lower() == ".onnx"
+    if backend is None:
+        return "onnxruntime" if is_onnx else "torch"
+    if backend not in BACKENDS:
+        raise PetsegError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "torch" and is_onnx:
+        raise PetsegError(
+            f"{model_path}: is an ONNX model; use --backend onnxruntime (or leave --backend out)"
+        )
+    if backend == "onnxruntime" and not is_onnx:
+        raise PetsegError(
+            f"{model_path}: --backend onnxruntime needs a .onnx file; make one with "
+            f"petseg export --model_path {model_path} --output MODEL.onnx"
+        )
+    return backend
+
+
 def load_predictor(
     model_path: Path,
+    backend: str | None = None,
     *,
     device_name: str = "auto",
     precision: str = "fp32",
     model_type: str | None = None,
     tta: bool = False,
 ) -> Predictor:
-    """The checkpoint as a Predictor."""
+    """The checkpoint (torch) or exported ONNX file (onnxruntime) as a Predictor."""
+    if resolve_backend(model_path, backend) == "onnxruntime":
+        return onnx_predictor(
+            model_path, device_name=device_name, precision=precision, model_type=model_type, tta=tta
+        )
     return torch_predictor(
         model_path, device_name=device_name, precision=precision, model_type=model_type, tta=tta
     )
@@ -86,6 +113,29 @@ def torch_predictor(
         threshold=float(checkpoint.get("threshold", 0.5)),
         device=device,
         description=f"torch {precision} on {device.type}",
+    )
+
+
+def onnx_predictor(
+    model_path: Path, *, device_name: str, precision: str, model_type: str | None, tta: bool
+) -> Predictor:
+    if precision not in ("auto", "fp32"):
+        raise PetsegError(
+            f"--precision {precision} applies to --backend torch; the exported ONNX model "
+            "runs in fp32"
+        )
+    session, info = load_onnx_model(model_path, device_name)
+    check_model_type({"model_type": info.model_type}, model_type, model_path)
+    logits = session_logits(session)
+    provider = session.get_providers()[0].removesuffix("ExecutionProvider")
+    return Predictor(
+        lambda images: pet_probabilities(logits, images, tta=tta),
+        image_size=info.image_size,
+        mean=info.mean,
+        std=info.std,
+        threshold=info.threshold,
+        device=torch.device("cpu"),  # ORT takes numpy arrays; its CUDA provider copies them
+        description=f"onnxruntime fp32 on {provider}",
     )
 
 
@@ -186,15 +236,18 @@ def predict_masks(
     precision: str = "fp32",
     overlays: bool = False,
     cutouts: bool = False,
+    backend: str | None = None,
 ) -> list[Path]:
     """Write one 0/255 PNG mask per image, named after it, at its original size.
 
     Images come from `inputs` (files or folders) or, without inputs, from a dataset split.
     tta: average with the flipped image's probabilities. overlays, cutouts: also write
-    NAME_overlay.png and NAME_cutout.png. Returns the paths written.
+    NAME_overlay.png and NAME_cutout.png. backend: "torch" (a checkpoint) or "onnxruntime"
+    (a .onnx file from petseg export); None picks by the file's suffix. Returns the paths written.
     """
     predictor = load_predictor(
         model_path,
+        backend,
         device_name=device_name,
         precision=precision,
         model_type=model_type,
