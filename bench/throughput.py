@@ -3,13 +3,18 @@
 Prints one JSON line per (model, setting). Settings: fp32, channels_last, and bf16 autocast
 with channels_last. With segmentation-models-pytorch installed, its Unet(resnet34,
 encoder_weights=None) runs in the same process with the same settings, and a ratio is printed.
+With onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting times the
+model as `petseg export` writes it (fp32, CPU provider, inference only) and prints its ratio to
+eager fp32 inference.
 
     python bench/throughput.py --image_size 256 --batch_size 4 --steps 5
+    python bench/throughput.py --models resnet34_unet --settings fp32,onnxruntime --modes infer
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import resource
 import time
@@ -19,6 +24,8 @@ import torch
 from torch import nn
 
 from petseg.models import build_model
+
+ONNXRUNTIME = "onnxruntime"  # a setting of its own: the exported model under ONNX Runtime
 
 SETTINGS = {
     "fp32": {"channels_last": False, "bf16": False},
@@ -75,14 +82,35 @@ def measure(
     return batch_size * steps / (time.perf_counter() - started)
 
 
+def measure_onnxruntime(
+    make_model: Callable[[], nn.Module], *, size: int, batch_size: int, steps: int
+) -> float:
+    """Images per second of the exported model in ONNX Runtime (CPU provider, default threads),
+    over `steps` timed runs after one warm-up, on the inputs `measure` uses."""
+    from petseg.export import onnx_bytes
+    from petseg.onnx_model import CPU_PROVIDER, INPUT_NAME, open_session
+
+    torch.manual_seed(0)
+    model = make_model().eval()
+    images = torch.randn(batch_size, 3, size, size).numpy()
+    session = open_session(onnx_bytes(model, size), [CPU_PROVIDER])
+    session.run(None, {INPUT_NAME: images})
+    started = time.perf_counter()
+    for _ in range(steps):
+        session.run(None, {INPUT_NAME: images})
+    return batch_size * steps / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image_size", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--models", default="resnet34_unet,unet,smp_unet_resnet34")
-    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--settings", default=",".join([*SETTINGS, ONNXRUNTIME]))
+    parser.add_argument("--modes", default="train,infer")
     args = parser.parse_args()
+    has_onnxruntime = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
 
     makers: dict[str, Callable[[], nn.Module]] = {
         "resnet34_unet": lambda: build_model("resnet34_unet"),
@@ -96,15 +124,27 @@ def main() -> None:
             print(json.dumps({"model": name, "skipped": "not available"}))
             continue
         for setting in args.settings.split(","):
-            for mode in ("train", "infer"):
-                rate = measure(
-                    makers[name],
-                    size=args.image_size,
-                    batch_size=args.batch_size,
-                    steps=args.steps,
-                    train=mode == "train",
-                    **SETTINGS[setting],
-                )
+            for mode in args.modes.split(","):
+                if setting == ONNXRUNTIME and (mode == "train" or not has_onnxruntime):
+                    if mode != "train":
+                        print(json.dumps({"setting": setting, "skipped": "not installed"}))
+                    continue
+                if setting == ONNXRUNTIME:
+                    rate = measure_onnxruntime(
+                        makers[name],
+                        size=args.image_size,
+                        batch_size=args.batch_size,
+                        steps=args.steps,
+                    )
+                else:
+                    rate = measure(
+                        makers[name],
+                        size=args.image_size,
+                        batch_size=args.batch_size,
+                        steps=args.steps,
+                        train=mode == "train",
+                        **SETTINGS[setting],
+                    )
                 results[name, setting, mode] = rate
                 print(json.dumps({
                     "model": name, "setting": setting, "mode": mode,
@@ -114,6 +154,10 @@ def main() -> None:
                     "threads": torch.get_num_threads(),
                 }), flush=True)  # fmt: skip
     for (name, setting, mode), rate in results.items():
+        eager = results.get((name, "fp32", mode))
+        if setting == ONNXRUNTIME and eager:
+            print(json.dumps({"ratio": "onnxruntime / eager fp32", "model": name,
+                              "mode": mode, "value": round(rate / eager, 3)}))  # fmt: skip
         reference = results.get(("smp_unet_resnet34", setting, mode))
         if name != "smp_unet_resnet34" and reference:
             print(json.dumps({"ratio": f"{name} / smp_unet_resnet34", "setting": setting,

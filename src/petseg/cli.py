@@ -35,6 +35,8 @@ SCHEDULERS = ("constant", "cosine", "onecycle")
 OPTIMIZERS = ("adam", "adamw")
 AUGMENTS = ("lab", "strong")
 RECIPE = DEFAULTS.recipe
+BACKENDS = ("torch", "onnxruntime")  # mirrors petseg.predict.BACKENDS without importing torch
+PARITY_IMAGES = 8  # mirrors petseg.export.DEFAULT_PARITY_IMAGES
 
 
 def _number(kind: Callable[[str], Any], minimum: float, strict: bool = False) -> Callable:
@@ -424,7 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="image files or folders (default: the split of --data_path)",
     )
-    _flag(predict, "model_path", type=Path, required=True, help="checkpoint to use")
+    _flag(
+        predict,
+        "model_path",
+        type=Path,
+        required=True,
+        help="checkpoint to use, or a .onnx file from petseg export",
+    )
+    _flag(
+        predict,
+        "backend",
+        choices=BACKENDS,
+        default=None,
+        help="what runs the model: torch (a checkpoint) or onnxruntime (a .onnx file, needs "
+        'pip install "petseg[onnx]"); default: onnxruntime for a .onnx file, else torch',
+    )
     _add_data_flags(predict, None)
     _flag(
         predict,
@@ -470,6 +486,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="optional: checked against the checkpoint's",
     )
     _add_runtime_flags(predict, DEFAULTS.batch_size)
+
+    export = commands.add_parser(
+        "export",
+        help="write a checkpoint's model as ONNX (dynamic batch, height, width) after a parity "
+        "check against PyTorch",
+        description="Export to ONNX (input 'images' (N, 3, H, W) float32, normalized as the "
+        "checkpoint says; output 'logits' (N, 1, H, W)), with the image size, normalization, "
+        "threshold and model type in the file's metadata. Before writing, ONNX Runtime is run "
+        "against PyTorch (fp32) at the checkpoint's image size and at an odd non-square size: "
+        "parity holds when max |logit diff| <= 1e-3 and the masks at the threshold agree at "
+        "every pixel whose probability is more than 1e-3 from the threshold. Otherwise nothing "
+        'is written and the exit code is 2. Needs pip install "petseg[onnx]".',
+        allow_abbrev=False,
+    )
+    _flag(export, "model_path", type=Path, required=True, help="checkpoint to export")
+    _flag(
+        export,
+        "output",
+        type=Path,
+        default=None,
+        metavar="FILE.onnx",
+        help="where the ONNX model goes (default MODEL_PATH with the suffix .onnx)",
+    )
+    _flag(
+        export,
+        "data_path",
+        type=Path,
+        default=None,
+        help="check parity on test-split images of this dataset (default: on random inputs)",
+    )
+    _flag(
+        export,
+        "parity_images",
+        type=positive_int,
+        default=PARITY_IMAGES,
+        metavar="N",
+        help=f"how many images (or random inputs) the parity check runs (default {PARITY_IMAGES})",
+    )
     return parser
 
 
@@ -572,6 +626,18 @@ def run_predict(args: argparse.Namespace) -> None:
         precision=args.precision,
         overlays=args.overlay,
         cutouts=args.cutout,
+        backend=args.backend,
+    )
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from petseg.export import export_onnx
+
+    export_onnx(
+        args.model_path,
+        args.output or args.model_path.with_suffix(".onnx"),
+        data_path=args.data_path,
+        parity_images=args.parity_images,
     )
 
 
@@ -581,6 +647,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "train": run_train,
     "evaluate": run_evaluate,
     "predict": run_predict,
+    "export": run_export,
 }
 
 

@@ -1,12 +1,19 @@
-"""Pet probabilities from a model, optionally with flip test-time augmentation (TTA)."""
+"""Pet probabilities from a model, optionally with flip test-time augmentation (TTA).
+
+A model here is anything mapping (N, 3, H, W) normalized images to (N, 1, H, W) logits: a torch
+module, or an ONNX Runtime session wrapped by `petseg.onnx_model.session_logits`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import nn
+
+Logits = Callable[[torch.Tensor], torch.Tensor]
 
 
-def pet_probabilities(model: nn.Module, images: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
+def pet_probabilities(model: Logits, images: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
     """(N, 1, H, W) probabilities that each pixel is pet, for (N, 3, H, W) normalized images.
 
     tta: average with the probabilities of the horizontally flipped images, flipped back.
@@ -15,7 +22,7 @@ def pet_probabilities(model: nn.Module, images: torch.Tensor, *, tta: bool = Fal
     return with_flip_tta(model, images, probs) if tta else probs
 
 
-def with_flip_tta(model: nn.Module, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+def with_flip_tta(model: Logits, images: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """The mean of `probs` (the model's on `images`) and those of the mirrored images."""
     mirrored = torch.sigmoid(model(images.flip(-1)).float()).flip(-1)
     return (probs + mirrored) / 2

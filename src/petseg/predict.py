@@ -3,11 +3,16 @@
 Optional pictures beside each mask NAME.png: NAME_overlay.png (the image with the mask tinted)
 and NAME_cutout.png (RGBA: the image's pixels, transparent outside the mask). All are at the
 original size in the orientation viewers display (EXIF orientation applied).
+
+Two backends run the model: PyTorch on a checkpoint, ONNX Runtime on a file from `petseg export`.
+Each becomes a `Predictor`, a function from normalized batches to probabilities plus the
+preprocessing it expects; loading, resizing back and writing are the same for both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +29,7 @@ from petseg.data.transforms import PairTransform, eval_transform
 from petseg.errors import PetsegError
 from petseg.files import ensure_folder
 from petseg.inference import pet_probabilities
+from petseg.onnx_model import load_onnx_model, session_logits
 from petseg.pictures import cutout, overlay, save_png
 from petseg.runtime import autocast, resolve_device, resolve_precision
 
@@ -31,6 +37,106 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 OVERLAY_SUFFIX, CUTOUT_SUFFIX = "_overlay", "_cutout"  # NAME_overlay.png, NAME_cutout.png
 
 Item = tuple[torch.Tensor, tuple[int, int], int, np.ndarray | None]
+BACKENDS = ("torch", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A loaded model, whatever runs it, and the preprocessing and threshold it comes with."""
+
+    probabilities: Callable[[torch.Tensor], torch.Tensor]  # (N, 3, S, S) -> (N, 1, S, S) probs
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    threshold: float
+    device: torch.device  # where the input batches go
+    description: str  # how it runs, for the summary line
+
+
+def resolve_backend(model_path: Path, backend: str | None) -> str:
+    """None: onnxruntime for a .onnx file, else torch. A backend given must suit the file."""
+    is_onnx = model_path.suffix.lower() == ".onnx"
+    if backend is None:
+        return "onnxruntime" if is_onnx else "torch"
+    if backend not in BACKENDS:
+        raise PetsegError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "torch" and is_onnx:
+        raise PetsegError(
+            f"{model_path}: is an ONNX model; use --backend onnxruntime (or leave --backend out)"
+        )
+    if backend == "onnxruntime" and not is_onnx:
+        raise PetsegError(
+            f"{model_path}: --backend onnxruntime needs a .onnx file; make one with "
+            f"petseg export --model_path {model_path} --output MODEL.onnx"
+        )
+    return backend
+
+
+def load_predictor(
+    model_path: Path,
+    backend: str | None = None,
+    *,
+    device_name: str = "auto",
+    precision: str = "fp32",
+    model_type: str | None = None,
+    tta: bool = False,
+) -> Predictor:
+    """The checkpoint (torch) or exported ONNX file (onnxruntime) as a Predictor."""
+    if resolve_backend(model_path, backend) == "onnxruntime":
+        return onnx_predictor(
+            model_path, device_name=device_name, precision=precision, model_type=model_type, tta=tta
+        )
+    return torch_predictor(
+        model_path, device_name=device_name, precision=precision, model_type=model_type, tta=tta
+    )
+
+
+def torch_predictor(
+    model_path: Path, *, device_name: str, precision: str, model_type: str | None, tta: bool
+) -> Predictor:
+    checkpoint = load_checkpoint(model_path)
+    check_model_type(checkpoint, model_type, model_path)
+    device = resolve_device(device_name)
+    precision = resolve_precision(precision, device)
+    model = model_from_checkpoint(checkpoint, model_path).to(device).eval()
+
+    def probabilities(images: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            return pet_probabilities(model, images, tta=tta)
+
+    norm = checkpoint["normalization"]
+    return Predictor(
+        probabilities,
+        image_size=int(checkpoint["image_size"]),
+        mean=tuple(norm["mean"]),
+        std=tuple(norm["std"]),
+        threshold=float(checkpoint.get("threshold", 0.5)),
+        device=device,
+        description=f"torch {precision} on {device.type}",
+    )
+
+
+def onnx_predictor(
+    model_path: Path, *, device_name: str, precision: str, model_type: str | None, tta: bool
+) -> Predictor:
+    if precision not in ("auto", "fp32"):
+        raise PetsegError(
+            f"--precision {precision} applies to --backend torch; the exported ONNX model "
+            "runs in fp32"
+        )
+    session, info = load_onnx_model(model_path, device_name)
+    check_model_type({"model_type": info.model_type}, model_type, model_path)
+    logits = session_logits(session)
+    provider = session.get_providers()[0].removesuffix("ExecutionProvider")
+    return Predictor(
+        lambda images: pet_probabilities(logits, images, tta=tta),
+        image_size=info.image_size,
+        mean=info.mean,
+        std=info.std,
+        threshold=info.threshold,
+        device=torch.device("cpu"),  # ORT takes numpy arrays; its CUDA provider copies them
+        description=f"onnxruntime fp32 on {provider}",
+    )
 
 
 class ImageFiles(Dataset):
@@ -130,17 +236,23 @@ def predict_masks(
     precision: str = "fp32",
     overlays: bool = False,
     cutouts: bool = False,
+    backend: str | None = None,
 ) -> list[Path]:
     """Write one 0/255 PNG mask per image, named after it, at its original size.
 
     Images come from `inputs` (files or folders) or, without inputs, from a dataset split.
     tta: average with the flipped image's probabilities. overlays, cutouts: also write
-    NAME_overlay.png and NAME_cutout.png. Returns the paths written.
+    NAME_overlay.png and NAME_cutout.png. backend: "torch" (a checkpoint) or "onnxruntime"
+    (a .onnx file from petseg export); None picks by the file's suffix. Returns the paths written.
     """
-    checkpoint = load_checkpoint(model_path)
-    check_model_type(checkpoint, model_type, model_path)
-    device = resolve_device(device_name)
-    precision = resolve_precision(precision, device)
+    predictor = load_predictor(
+        model_path,
+        backend,
+        device_name=device_name,
+        precision=precision,
+        model_type=model_type,
+        tta=tta,
+    )
     if inputs:
         paths = collect_images(inputs)
     elif data_path is not None:
@@ -150,30 +262,30 @@ def predict_masks(
         raise PetsegError("predict needs image files or folders, or --data_path for a split")
     check_output_names(paths, overlays, cutouts)
     if threshold is None:
-        threshold = float(checkpoint.get("threshold", 0.5))
+        threshold = predictor.threshold
     if not 0.0 < threshold < 1.0:
         raise PetsegError(f"--threshold must be between 0 and 1, got {threshold}")
     ensure_folder(save_dir)
 
-    model = model_from_checkpoint(checkpoint, model_path).to(device).eval()
-    size, norm = int(checkpoint["image_size"]), checkpoint["normalization"]
+    size = predictor.image_size
     dataset = ImageFiles(
-        paths, eval_transform(size, norm["mean"], norm["std"]), keep_original=overlays or cutouts
+        paths,
+        eval_transform(size, predictor.mean, predictor.std),
+        keep_original=overlays or cutouts,
     )
     loader = make_loader(
         dataset,
         batch_size,
         shuffle=False,
         num_workers=num_workers,
-        device=device,
+        device=predictor.device,
         collate_fn=_collate,
     )
     written: list[Path] = []
     for images, sizes, indices, originals in tqdm(
         loader, desc="predict", unit="batch", dynamic_ncols=True
     ):
-        with autocast(device, precision):
-            probs = pet_probabilities(model, images.to(device, non_blocking=True), tta=tta)
+        probs = predictor.probabilities(images.to(predictor.device, non_blocking=True))
         for prob, (height, width), index, original in zip(
             probs, sizes, indices, originals, strict=True
         ):
@@ -198,7 +310,7 @@ def predict_masks(
     print(
         f"wrote {what} of {len(paths)} image{'s' if len(paths) != 1 else ''} to {save_dir} "
         f"(0 = background, 255 = pet, threshold {threshold:.2f}{', flip TTA' if tta else ''}, "
-        f"model size {size}x{size}, saved at each image's size)"
+        f"model size {size}x{size}, {predictor.description}, saved at each image's size)"
     )
     return written
 
