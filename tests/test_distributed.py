@@ -314,6 +314,10 @@ def torchrun_train(data: Path, model_path: Path, epochs: int) -> subprocess.Comp
             "8",
             "-lr",
             "3e-3",
+            # a constant rate: one epoch of warmup would leave the model predicting nothing,
+            # and equal scores of an empty prediction would prove little
+            "--scheduler",
+            "constant",
             "--num_workers",
             "0",
             "--device",
@@ -363,10 +367,13 @@ def test_torchrun_trains_matches_evaluate_and_resumes(subset: Path, tmp_path: Pa
                 "0",
                 "--output",
                 str(output),
+                "--threshold",
+                "0.5",  # training validates at 0.5; rank 0 tunes the threshold afterwards
             ]
         )
         == 0
     )
+    assert checkpoint["threshold_sweep"]["split"] == "valid"
     capsys.readouterr()
     single = json.loads(output.read_text())
     assert single["num_images"] == VALID_IMAGES

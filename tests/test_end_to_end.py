@@ -129,11 +129,23 @@ def test_valid_dice_clearly_beats_all_pet_and_matches_evaluate(trained: dict, tm
         str(output),
         "--num_workers",
         "0",
+        "--threshold",
+        "0.5",
     )
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(output.read_text())
-    # evaluate and training's validation share one code path: same images, same Dice
+    # evaluate and training's validation share one code path: same images, same Dice (training
+    # validates at 0.5; the threshold is tuned after the last epoch)
     assert results["dice"] == pytest.approx(checkpoint["best_dice"], abs=1e-6)
+    sweep = checkpoint["threshold_sweep"]
+    tuned_dice = sweep["dice"][sweep["thresholds"].index(checkpoint["threshold"])]
+    assert tuned_dice >= checkpoint["best_dice"] - 1e-9
+    tuned = run_cli(
+        "evaluate", "--model_path", str(trained["model_path"]), "--data_path",
+        str(trained["data"]), "--split", "valid", "--output", str(output), "--num_workers", "0",
+    )  # fmt: skip
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    assert json.loads(output.read_text())["dice"] == pytest.approx(tuned_dice, abs=1e-6)
     assert results["num_images"] == 30
     assert {
         "dice",
