@@ -140,8 +140,10 @@ def main() -> None:
         "--work_dir", type=Path, default=None, help="keep checkpoints here (default a temp dir)"
     )
     parser.add_argument("--output", type=Path, default=None, help="also append the JSON lines")
-    parser.add_argument("train_flags", nargs="*", help="more `petseg train` flags, after --")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.train_flags = argv[split + 1 :]  # more `petseg train` flags, after --
 
     with contextlib.ExitStack() as stack:
         work_dir = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
