@@ -37,11 +37,11 @@ RECIPES: dict[str, list[str]] = {
     "default": [],
     "plain": [
         "--loss", "bce", "--optimizer", "adam", "--weight_decay", "0", "--scheduler", "onecycle",
-        "--learning-rate", "1e-3", "--augment", "lab", "--no_tune_threshold",
+        "--learning-rate", "1e-3", "--augment", "lab",
     ],
     "lab": [
         "--loss", "bce", "--optimizer", "adam", "--weight_decay", "0", "--scheduler", "constant",
-        "--learning-rate", "1e-4", "--augment", "lab", "--no_tune_threshold",
+        "--learning-rate", "1e-4", "--augment", "lab",
     ],
 }  # fmt: skip
 REPORTED = ("dice", "dice_dataset", "iou")

@@ -318,6 +318,7 @@ def torchrun_train(data: Path, model_path: Path, epochs: int) -> subprocess.Comp
             # and equal scores of an empty prediction would prove little
             "--scheduler",
             "constant",
+            "--tune_threshold",
             "--num_workers",
             "0",
             "--device",

@@ -68,7 +68,7 @@ def test_defaults_are_the_documented_recipe() -> None:
         "onecycle",
         "strong",
     )
-    assert args.tune_threshold is True and args.learning_rate == 1e-3
+    assert args.tune_threshold is False and args.learning_rate == 1e-3
 
 
 def test_a_negative_weight_decay_is_a_usage_error(capsys) -> None:
@@ -180,7 +180,7 @@ def test_the_tuned_threshold_is_stored_and_used_by_evaluate_and_predict(
 def test_training_follows_the_schedule_and_stores_a_tuned_threshold(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "pets")  # 18 train images: 4 steps of 4 per epoch
     model_path = tmp_path / "m.pt"
-    argv = train_args(data, model_path, "--epochs", "2", "--scheduler", "cosine",
+    argv = train_args(data, model_path, "--epochs", "2", "--scheduler", "cosine", "--tune_threshold",
                       "--warmup_epochs", "1", "-lr", "0.01")  # fmt: skip
     assert cli.main(argv) == 0
     with history_path(model_path).open() as handle:
@@ -198,9 +198,10 @@ def test_training_follows_the_schedule_and_stores_a_tuned_threshold(tmp_path: Pa
     assert "threshold_sweep" not in load_checkpoint(model_path.with_name("m.last.pt"))
 
 
-def test_no_tune_threshold_keeps_one_half(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flags", [[], ["--tune_threshold", "--no-tune-threshold"]])
+def test_without_tuning_the_threshold_stays_one_half(tmp_path: Path, flags: list[str]) -> None:
     data = make_dataset(tmp_path / "pets")
     model_path = tmp_path / "m.pt"
-    assert cli.main(train_args(data, model_path, "--no_tune_threshold")) == 0
+    assert cli.main(train_args(data, model_path, *flags)) == 0
     checkpoint = load_checkpoint(model_path)
     assert checkpoint["threshold"] == 0.5 and "threshold_sweep" not in checkpoint

@@ -198,13 +198,11 @@ def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     """The training recipe (config.RecipeConfig); the lab report's is `--loss bce --optimizer
-    adam --weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab
-    --no_tune_threshold`."""
+    adam --weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab`."""
     recipe = parser.add_argument_group(
         "recipe",
         "petseg's default recipe; the lab report's is --loss bce --optimizer adam "
-        "--weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab "
-        "--no_tune_threshold",
+        "--weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab",
     )
     _flag(
         recipe,
@@ -258,14 +256,15 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=RECIPE.tune_threshold,
         help="after training, store in the checkpoint the decision threshold (0.30-0.70) that "
-        "scores best on the valid split; evaluate and predict use it (default on)",
+        "scores best on the valid split; evaluate and predict use it (default off: on a "
+        "small valid split the choice is noise)",
     )
     recipe.add_argument(
         "--no_tune_threshold",
         "--no-tune-threshold",
         dest="tune_threshold",
         action="store_false",
-        help="keep the threshold at 0.5",
+        help="keep the threshold at 0.5 (the default)",
     )
 
 
