@@ -137,6 +137,26 @@ def _add_skip_bad_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cache_flags(parser: argparse.ArgumentParser) -> None:
+    _flag(
+        parser,
+        "no_cache",
+        action="store_true",
+        help="decode every image every epoch instead of reading the train and valid splits from "
+        "the decoded-image cache (images decoded and resized once, kept as uint8 .npy files)",
+    )
+    _flag(
+        parser,
+        "cache_dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the decoded-image cache goes (default DATA_PATH/.petseg-cache, or "
+        "~/.cache/petseg when the data folder is read-only); rebuilt when the size or the files "
+        "change, safe to delete",
+    )
+
+
 def _add_data_flags(parser: argparse.ArgumentParser, default: Path | None) -> None:
     _flag(
         parser,
@@ -265,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_precision_flag(train, DEFAULTS.precision)
     _add_skip_bad_flag(train)
+    _add_cache_flags(train)
     _add_runtime_flags(
         train,
         DEFAULTS.batch_size,
@@ -401,7 +422,13 @@ def run_train(args: argparse.Namespace) -> None:
     kwargs = {"widths": list(args.unet_widths)} if model_type == "unet" else {}
     config = TrainConfig(
         data=DataConfig(
-            args.data_path, args.image_size, args.num_workers, args.mirror, args.skip_bad
+            args.data_path,
+            args.image_size,
+            args.num_workers,
+            args.mirror,
+            args.skip_bad,
+            cache=not args.no_cache,
+            cache_dir=args.cache_dir,
         ),
         model=ModelConfig(model_type, kwargs),
         model_path=args.model_path or Path("runs") / f"{model_type}.pt",

@@ -7,6 +7,7 @@ NAME.curves.png (loss, valid Dice and learning rate so far).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import time
 from collections.abc import Callable
@@ -29,11 +30,18 @@ from petseg.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from petseg.config import ModelConfig, TrainConfig, to_plain
+from petseg.config import DataConfig, ModelConfig, TrainConfig, to_plain
+from petseg.data.cache import cached_images
 from petseg.data.check import checked_names
 from petseg.data.loading import SkipFirst, ensure_dataset, make_loader
-from petseg.data.oxford_pet import OxfordPetDataset
-from petseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from petseg.data.oxford_pet import OxfordPetDataset, Split
+from petseg.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    train_resize_edge,
+    train_transform,
+)
 from petseg.errors import PetsegError
 from petseg.evaluate import LossFn, evaluate_model
 from petseg.files import atomic_write_bytes, atomic_write_text, ensure_folder
@@ -194,20 +202,8 @@ def fit(
         return {"best_dice": state.best_dice, "epochs": state.start_epoch}
 
     size = config.data.image_size
-    root = config.data.data_path
-    skip_bad = config.data.skip_bad
-    train_set = OxfordPetDataset(
-        root,
-        "train",
-        train_transform(size),
-        names=checked_names(root, "train", skip_bad, report=world.is_main),
-    )
-    valid_set = OxfordPetDataset(
-        root,
-        "valid",
-        eval_transform(size),
-        names=checked_names(root, "valid", skip_bad, report=world.is_main),
-    )
+    train_set = split_dataset(config.data, "train", world)
+    valid_set = split_dataset(config.data, "valid", world)
     if config.batch_size > len(train_set):
         raise PetsegError(
             f"--batch_size {config.batch_size} is larger than the training split "
@@ -365,6 +361,31 @@ def fit(
         f"curves {curves_path(config.model_path)}"
     )
     return {"best_dice": best_dice, "epochs": config.epochs, "history": history}
+
+
+def split_dataset(data: DataConfig, split: Split, world: distributed.World) -> OxfordPetDataset:
+    """The train split (augmented) or the valid split, checked, and read from the decoded-image
+    cache unless data.cache is off. Cached or not, items are the same tensors.
+
+    Under torchrun the first process of each node builds the cache while the others wait, then
+    they all read it.
+    """
+    names = checked_names(data.data_path, split, data.skip_bad, report=world.is_main)
+    augment = split == "train"
+    decoded = None
+    if data.cache:
+        edge = train_resize_edge(data.image_size) if augment else data.image_size
+        cache = functools.partial(
+            cached_images, data.data_path, split, names, edge, cache_dir=data.cache_dir
+        )
+        builds = world.local_rank == 0
+        decoded = cache(report=world.is_main) if builds else None
+        distributed.barrier(world)
+        if not builds:
+            decoded = cache(build=False, report=False)
+    make_transform = train_transform if augment else eval_transform
+    transform = make_transform(data.image_size, resized_input=decoded is not None)
+    return OxfordPetDataset(data.data_path, split, transform, names=names, decoded=decoded)
 
 
 def restore_or_start(
