@@ -76,12 +76,13 @@ def test_repeated_non_finite_steps_stop_training_with_a_clear_error() -> None:
         run(tiny_model(), nan_on({1, 2, 3, 4}), batches(4), max_nonfinite=3)
 
 
-def test_gradients_finite() -> None:
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_gradients_finite(bad: float) -> None:
     model = nn.Linear(2, 1)
     assert gradients_finite(model)  # no gradients yet
     model(torch.ones(1, 2)).sum().backward()
     assert gradients_finite(model)
-    model.weight.grad[0, 0] = float("inf")
+    model.weight.grad[0, 0] = bad
     assert not gradients_finite(model)
 
 

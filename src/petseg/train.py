@@ -172,8 +172,15 @@ def train_one_epoch(
 
 
 def gradients_finite(model: nn.Module) -> bool:
+    """Whether every gradient is finite, read from their norms: one reduction per tensor.
+    (isfinite per element took 80 ms of CPU per ResNet34-UNet step, and seconds of spinning
+    threads on a busy 2-core machine.) A norm that overflows, entries beyond about 1e19, also
+    counts as non-finite."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    if not grads:
+        return True
+    norms = torch.stack([torch.linalg.vector_norm(grad) for grad in grads])
+    return bool(torch.isfinite(norms).all())
 
 
 def fit(
