@@ -40,6 +40,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 42
     precision: str = "auto"  # autocast: auto | fp32 | bf16 | fp16 (see runtime.resolve_precision)
+    compile: bool = False  # torch.compile the training model
 
     def __post_init__(self) -> None:
         checks = [

@@ -25,7 +25,7 @@ from petseg.errors import PetsegError
 from petseg.files import ensure_folder
 from petseg.inference import pet_probabilities
 from petseg.pictures import cutout, overlay, save_png
-from petseg.runtime import autocast, resolve_device, resolve_precision
+from petseg.runtime import autocast, compiled, resolve_device, resolve_precision
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 OVERLAY_SUFFIX, CUTOUT_SUFFIX = "_overlay", "_cutout"  # NAME_overlay.png, NAME_cutout.png
@@ -130,12 +130,14 @@ def predict_masks(
     precision: str = "fp32",
     overlays: bool = False,
     cutouts: bool = False,
+    compile: bool = False,
 ) -> list[Path]:
     """Write one 0/255 PNG mask per image, named after it, at its original size.
 
     Images come from `inputs` (files or folders) or, without inputs, from a dataset split.
     tta: average with the flipped image's probabilities. overlays, cutouts: also write
-    NAME_overlay.png and NAME_cutout.png. Returns the paths written.
+    NAME_overlay.png and NAME_cutout.png. compile: torch.compile the model. Returns the paths
+    written.
     """
     checkpoint = load_checkpoint(model_path)
     check_model_type(checkpoint, model_type, model_path)
@@ -155,7 +157,7 @@ def predict_masks(
         raise PetsegError(f"--threshold must be between 0 and 1, got {threshold}")
     ensure_folder(save_dir)
 
-    model = model_from_checkpoint(checkpoint, model_path).to(device).eval()
+    model = compiled(model_from_checkpoint(checkpoint, model_path).to(device).eval(), compile)
     size, norm = int(checkpoint["image_size"]), checkpoint["normalization"]
     dataset = ImageFiles(
         paths, eval_transform(size, norm["mean"], norm["std"]), keep_original=overlays or cutouts

@@ -49,6 +49,7 @@ from petseg.models import build_model
 from petseg.pictures import render_curves
 from petseg.runtime import (
     autocast,
+    compiled,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -259,7 +260,8 @@ def fit(
             f"data parallel over {world.size} processes ({world.backend}): batch "
             f"{config.batch_size} per process, {config.batch_size * world.size} per step"
         )
-    train_model = distributed.wrap_model(state.model, world)
+    # state.model stays the module that is saved and validated: no `_orig_mod.` keys.
+    train_model = compiled(distributed.wrap_model(state.model, world), config.compile)
 
     best_dice, history = state.best_dice, state.history
 
