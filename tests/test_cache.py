@@ -101,6 +101,19 @@ def test_cached_batches_through_workers_equal_decoded_ones(data) -> None:
         assert torch.equal(images_a, images_b) and torch.equal(masks_a, masks_b)
 
 
+def test_each_epochs_augment_seed_reaches_the_workers(data) -> None:
+    _, cached = datasets(data, "train")
+    loader = make_loader(cached, 6, shuffle=False, num_workers=2, device=torch.device("cpu"))
+
+    def epoch(seed: int) -> list[torch.Tensor]:
+        cached.set_augment_seed(seed)
+        return [images for images, _ in loader]
+
+    first, second, first_again = epoch(1), epoch(2), epoch(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, first_again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
 def test_cache_lives_in_the_data_folder_and_is_reused(data, capsys) -> None:
     decoded = cache_of(data)
     built = capsys.readouterr().out
