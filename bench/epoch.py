@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--model_steps", type=int, default=5)
+    parser.add_argument("--no_cache", action="store_true", help="train without the image cache")
     args = parser.parse_args()
 
     train_images = len(read_split_names(args.data_dir, "train"))
@@ -44,7 +45,7 @@ def main() -> None:
             "--model_type", args.model_type, "--image_size", str(args.image_size),
             "--batch_size", str(args.batch_size), "--epochs", str(args.epochs),
             "--num_workers", str(args.num_workers), "--precision", "fp32",
-            "--model_path", str(model_path),
+            "--model_path", str(model_path), *(["--no_cache"] if args.no_cache else []),
         ]  # fmt: skip
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         with model_path.with_name("bench.history.csv").open() as handle:
@@ -62,6 +63,7 @@ def main() -> None:
     print(json.dumps({
         "model_type": args.model_type, "image_size": args.image_size,
         "batch_size": args.batch_size, "num_workers": args.num_workers,
+        "cache": not args.no_cache,
         "end_to_end_img_per_s": round(end_to_end, 2), "model_only_img_per_s": round(model_only, 2),
         "ratio": round(end_to_end / model_only, 3),
     }))  # fmt: skip

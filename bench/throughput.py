@@ -1,13 +1,17 @@
 """Model-only throughput: training steps (forward + backward + Adam) and inference, images/s.
 
-Prints one JSON line per (model, setting). Settings: fp32, channels_last, and bf16 autocast
-with channels_last. With segmentation-models-pytorch installed, its Unet(resnet34,
-encoder_weights=None) runs in the same process with the same settings, and a ratio is printed.
-With onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting times the
-model as `petseg export` writes it (fp32, CPU provider, inference only) and prints its ratio to
-eager fp32 inference.
+Prints one JSON line per (model, setting). Settings: fp32, channels_last, bf16 autocast with
+channels_last, and fp32 under torch.compile (its compile time is the warm-up, reported apart).
+With segmentation-models-pytorch installed (`pip install -e ".[bench]"`), its Unet(resnet34,
+encoder_weights=None) runs as model `smp` in the same process with the same settings, and a
+ratio is printed. --unet_widths adds a UNet of those widths (the lighter CPU option) beside the
+default one. With onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting
+times the model as `petseg export` writes it (fp32, CPU provider, inference only) and prints its
+ratio to eager fp32 inference.
 
     python bench/throughput.py --image_size 256 --batch_size 4 --steps 5
+    python bench/throughput.py --models resnet34_unet,smp --settings fp32,fp32+channels_last
+    python bench/throughput.py --models unet --unet_widths 32,64,128,256 --settings fp32
     python bench/throughput.py --models resnet34_unet --settings fp32,onnxruntime --modes infer
 """
 
@@ -25,13 +29,14 @@ from torch import nn
 
 from petseg.models import build_model
 
-ONNXRUNTIME = "onnxruntime"  # a setting of its own: the exported model under ONNX Runtime
-
 SETTINGS = {
     "fp32": {"channels_last": False, "bf16": False},
     "fp32+channels_last": {"channels_last": True, "bf16": False},
     "bf16+channels_last": {"channels_last": True, "bf16": True},
+    "fp32+compile": {"channels_last": False, "bf16": False, "compile": True},
 }
+ONNXRUNTIME = "onnxruntime"  # a setting of its own: the exported model under ONNX Runtime
+SMP = "smp"  # segmentation_models_pytorch.Unet("resnet34"), the reference implementation
 
 
 def smp_unet() -> nn.Module | None:
@@ -51,8 +56,14 @@ def measure(
     channels_last: bool,
     bf16: bool,
     train: bool,
+    compile: bool = False,
+    timings: dict[str, float] | None = None,
 ) -> float:
-    """Images per second over `steps` timed iterations after one warm-up."""
+    """Images per second over `steps` timed iterations after one warm-up.
+
+    compile: torch.compile the model; the warm-up then compiles. timings, when given, receives
+    the warm-up's seconds as "warmup_s".
+    """
     torch.manual_seed(0)
     model = make_model()
     images = torch.randn(batch_size, 3, size, size)
@@ -62,6 +73,8 @@ def measure(
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train(train)
+    if compile:
+        model = torch.compile(model)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -75,7 +88,10 @@ def measure(
         loss.backward()
         optimizer.step()
 
+    started = time.perf_counter()
     step()
+    if timings is not None:
+        timings["warmup_s"] = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(steps):
         step()
@@ -106,25 +122,47 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--models", default="resnet34_unet,unet,smp_unet_resnet34")
-    parser.add_argument("--settings", default=",".join([*SETTINGS, ONNXRUNTIME]))
-    parser.add_argument("--modes", default="train,infer")
+    parser.add_argument(
+        "--models", default=f"resnet34_unet,unet,{SMP}", help="comma-separated, run in order"
+    )
+    settings = [*SETTINGS, ONNXRUNTIME]
+    parser.add_argument(
+        "--settings", default=",".join(settings), help=f"comma-separated: {', '.join(settings)}"
+    )
+    parser.add_argument("--modes", default="train,infer", help="comma-separated: train, infer")
+    parser.add_argument(
+        "--unet_widths",
+        default=None,
+        metavar="W1,W2,...",
+        help="also measure a UNet of these widths, as model unet[W1,W2,...] after the others",
+    )
     args = parser.parse_args()
-    has_onnxruntime = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
 
     makers: dict[str, Callable[[], nn.Module]] = {
         "resnet34_unet": lambda: build_model("resnet34_unet"),
         "unet": lambda: build_model("unet"),
     }
     if smp_unet() is not None:
-        makers["smp_unet_resnet34"] = smp_unet  # type: ignore[assignment]
+        makers[SMP] = smp_unet  # type: ignore[assignment]
+    names = args.models.split(",")
+    if args.unet_widths:
+        widths = [int(width) for width in args.unet_widths.split(",")]
+        name = f"unet[{','.join(map(str, widths))}]"
+        makers[name] = lambda: build_model("unet", widths=widths)
+        names.append(name)
+    unknown = [setting for setting in args.settings.split(",") if setting not in settings]
+    if unknown:
+        parser.error(f"unknown settings {unknown}: choose from {', '.join(settings)}")
+    has_onnxruntime = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
     results: dict[tuple[str, str, str], float] = {}
-    for name in args.models.split(","):
+    for name in names:
         if name not in makers:
-            print(json.dumps({"model": name, "skipped": "not available"}))
+            reason = "pip install segmentation-models-pytorch" if name == SMP else "unknown"
+            print(json.dumps({"model": name, "skipped": reason}))
             continue
         for setting in args.settings.split(","):
             for mode in args.modes.split(","):
+                timings: dict[str, float] = {"warmup_s": 0.0}
                 if setting == ONNXRUNTIME and (mode == "train" or not has_onnxruntime):
                     if mode != "train":
                         print(json.dumps({"setting": setting, "skipped": "not installed"}))
@@ -143,13 +181,14 @@ def main() -> None:
                         batch_size=args.batch_size,
                         steps=args.steps,
                         train=mode == "train",
+                        timings=timings,
                         **SETTINGS[setting],
                     )
                 results[name, setting, mode] = rate
                 print(json.dumps({
                     "model": name, "setting": setting, "mode": mode,
                     "image_size": args.image_size, "batch_size": args.batch_size,
-                    "img_per_s": round(rate, 2),
+                    "img_per_s": round(rate, 2), "warmup_s": round(timings["warmup_s"], 1),
                     "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                     "threads": torch.get_num_threads(),
                 }), flush=True)  # fmt: skip
@@ -158,9 +197,9 @@ def main() -> None:
         if setting == ONNXRUNTIME and eager:
             print(json.dumps({"ratio": "onnxruntime / eager fp32", "model": name,
                               "mode": mode, "value": round(rate / eager, 3)}))  # fmt: skip
-        reference = results.get(("smp_unet_resnet34", setting, mode))
-        if name != "smp_unet_resnet34" and reference:
-            print(json.dumps({"ratio": f"{name} / smp_unet_resnet34", "setting": setting,
+        reference = results.get((SMP, setting, mode))
+        if name != SMP and reference:
+            print(json.dumps({"ratio": f"{name} / {SMP}", "setting": setting,
                               "mode": mode, "value": round(rate / reference, 3)}))  # fmt: skip
 
 

@@ -26,6 +26,8 @@ from petseg.data.transforms import (
     IMAGENET_STD,
     PairTransform,
     eval_transform,
+    first_resize,
+    train_resize_edge,
     train_transform,
 )
 from petseg.errors import PetsegError
@@ -520,3 +522,16 @@ def test_eval_transform_is_deterministic_and_image_only_matches() -> None:
     assert torch.equal(first_image, second_image)
     assert torch.equal(first_mask, second_mask)
     assert torch.equal(transform.image_only(image), first_image)
+
+
+@pytest.mark.parametrize("make", [train_transform, eval_transform])
+def test_resized_input_pipelines_continue_after_the_first_resize(make) -> None:
+    image, mask = red_marks_the_mask(50, 70)
+    edge = train_resize_edge(32) if make is train_transform else 32
+    resized = first_resize(edge)(image=image, mask=mask)
+    for seed in range(4):
+        whole, rest = make(32), make(32, resized_input=True)
+        whole.set_seed(seed)
+        rest.set_seed(seed)
+        for a, b in zip(whole(image, mask), rest(resized["image"], resized["mask"]), strict=True):
+            assert torch.equal(a, b)

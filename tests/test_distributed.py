@@ -346,6 +346,9 @@ def test_torchrun_trains_matches_evaluate_and_resumes(subset: Path, tmp_path: Pa
     assert len(summaries) == 1  # rank 0 only
     assert done.stdout.count("training unet") == 1
     assert "data parallel over 2 processes (gloo): batch 8 per process, 16 per step" in done.stdout
+    # rank 0 built the image cache while rank 1 waited, then both read it
+    assert done.stdout.count("cache: train split") == 1 and "built in" in done.stdout
+    assert (subset / ".petseg-cache" / "train-72px" / "index.json").is_file()
 
     checkpoint = torch.load(model_path, weights_only=True)
     assert checkpoint["epoch"] == 1 and checkpoint["config"]["world_size"] == 2

@@ -29,6 +29,15 @@ SIZE = 64
 EPOCHS = 2
 
 
+@pytest.fixture(scope="module", autouse=True)
+def private_cache_home(tmp_path_factory: pytest.TempPathFactory):
+    """Training caches decoded images in the sample, or in ~/.cache where the sample is
+    read-only (as in CI): keep the latter in a temporary folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache-home")))
+        yield
+
+
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
     """The installed command as a user runs it: a separate process, exit code and output."""
     return subprocess.run(

@@ -1,11 +1,17 @@
-"""The training step: non-finite losses are skipped, then stop the run; autocast precision."""
+"""The training step: non-finite losses are skipped, then stop the run; autocast precision;
+--compile."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from petseg.cli import main
 from petseg.errors import PetsegError
 from petseg.evaluate import evaluate_model
 from petseg.models import build_model
@@ -76,12 +82,13 @@ def test_repeated_non_finite_steps_stop_training_with_a_clear_error() -> None:
         run(tiny_model(), nan_on({1, 2, 3, 4}), batches(4), max_nonfinite=3)
 
 
-def test_gradients_finite() -> None:
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_gradients_finite(bad: float) -> None:
     model = nn.Linear(2, 1)
     assert gradients_finite(model)  # no gradients yet
     model(torch.ones(1, 2)).sum().backward()
     assert gradients_finite(model)
-    model.weight.grad[0, 0] = float("inf")
+    model.weight.grad[0, 0] = bad
     assert not gradients_finite(model)
 
 
@@ -94,3 +101,62 @@ def test_bf16_autocast_trains_and_evaluates_on_cpu() -> None:
     bf16 = evaluate_model(model, batches(2), CPU, progress=False, precision="bf16")
     assert bf16.scores.num_images == fp32["num_images"] == 4
     assert bf16.scores.summary()["dice"] == pytest.approx(fp32["dice"], abs=0.05)
+
+
+@pytest.fixture
+def pets(tmp_path: Path) -> Path:
+    """A 12-image copy of the official layout (10 train, 2 valid)."""
+    root = tmp_path / "pets"
+    (root / "images").mkdir(parents=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    names = [f"Breed_{index}" for index in range(12)]
+    for index, name in enumerate(names):
+        pixels = np.random.default_rng(index).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+        trimap = np.full((40, 48), 2, dtype=np.uint8)
+        trimap[10:30, 12:36] = 1
+        Image.fromarray(pixels).save(root / "images" / f"{name}.jpg")
+        Image.fromarray(trimap).save(root / "annotations" / "trimaps" / f"{name}.png")
+    (root / "annotations" / "trainval.txt").write_text("".join(f"{n} 1 1 1\n" for n in names))
+    (root / "annotations" / "test.txt").write_text("".join(f"{n} 1 1 1\n" for n in names[:2]))
+    return root
+
+
+def compile_argv(pets: Path, model_path: Path) -> list[str]:
+    return [
+        "train", "--data_path", str(pets), "--model_path", str(model_path), "--model_type",
+        "unet", "--unet_widths", "4,8", "--image_size", "32", "--batch_size", "4", "--epochs",
+        "1", "--num_workers", "0", "--compile",
+    ]  # fmt: skip
+
+
+def assert_plain_state_dict(model_path: Path) -> None:
+    keys = set(torch.load(model_path, weights_only=True)["state_dict"])
+    assert keys == set(build_model("unet", widths=[4, 8]).state_dict())
+
+
+def test_compile_trains_through_the_wrapper_and_saves_the_plain_state_dict(
+    pets, tmp_path, monkeypatch
+) -> None:
+    # The eager backend traces like inductor but skips code generation (minutes on 2 cores).
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(model: nn.Module) -> nn.Module:
+        compiled.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    model_path = tmp_path / "m.pt"
+    assert main(compile_argv(pets, model_path)) == 0
+    assert len(compiled) == 1
+    assert_plain_state_dict(model_path)
+    assert_plain_state_dict(model_path.with_name("m.last.pt"))
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_trains_and_evaluates(pets, tmp_path) -> None:
+    model_path = tmp_path / "m.pt"
+    assert main(compile_argv(pets, model_path)) == 0
+    assert_plain_state_dict(model_path)
+    argv = ["evaluate", "--model_path", str(model_path), "--data_path", str(pets), "--compile"]
+    assert main([*argv, "--num_workers", "0"]) == 0

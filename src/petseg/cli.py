@@ -152,6 +152,36 @@ def _add_skip_bad_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_compile_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    _flag(
+        parser,
+        "compile",
+        action="store_true",
+        help=f"torch.compile the model for {what}: compiling takes a while at the start "
+        "(off by default; README Speed says what it gained on a CPU)",
+    )
+
+
+def _add_cache_flags(parser: argparse.ArgumentParser) -> None:
+    _flag(
+        parser,
+        "no_cache",
+        action="store_true",
+        help="decode every image every epoch instead of reading the train and valid splits from "
+        "the decoded-image cache (images decoded and resized once, kept as uint8 .npy files)",
+    )
+    _flag(
+        parser,
+        "cache_dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the decoded-image cache goes (default DATA_PATH/.petseg-cache, or "
+        "~/.cache/petseg when the data folder is read-only); rebuilt when the size or the files "
+        "change, safe to delete",
+    )
+
+
 def _add_data_flags(parser: argparse.ArgumentParser, default: Path | None) -> None:
     _flag(
         parser,
@@ -353,7 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_recipe_flags(train)
     _add_precision_flag(train, DEFAULTS.precision)
+    _add_compile_flag(train, "training")
     _add_skip_bad_flag(train)
+    _add_cache_flags(train)
     _add_runtime_flags(
         train,
         DEFAULTS.batch_size,
@@ -410,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="optional: checked against the checkpoint's",
     )
+    _add_compile_flag(evaluate, "inference")
     _add_skip_bad_flag(evaluate)
     _add_runtime_flags(evaluate, DEFAULTS.batch_size)
 
@@ -484,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="optional: checked against the checkpoint's",
     )
+    _add_compile_flag(predict, "inference")
     _add_runtime_flags(predict, DEFAULTS.batch_size)
 
     export = commands.add_parser(
@@ -551,7 +585,13 @@ def run_train(args: argparse.Namespace) -> None:
     kwargs = {"widths": list(args.unet_widths)} if model_type == "unet" else {}
     config = TrainConfig(
         data=DataConfig(
-            args.data_path, args.image_size, args.num_workers, args.mirror, args.skip_bad
+            args.data_path,
+            args.image_size,
+            args.num_workers,
+            args.mirror,
+            args.skip_bad,
+            cache=not args.no_cache,
+            cache_dir=args.cache_dir,
         ),
         model=ModelConfig(model_type, kwargs),
         model_path=args.model_path or Path("runs") / f"{model_type}.pt",
@@ -570,6 +610,7 @@ def run_train(args: argparse.Namespace) -> None:
             augment=args.augment,
             tune_threshold=args.tune_threshold,
         ),
+        compile=args.compile,
     )
     session = world_session(
         args.device,
@@ -603,6 +644,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         gallery=args.gallery,
         gallery_path=args.gallery_path,
         threshold=args.threshold,
+        compile=args.compile,
     )
 
 
@@ -626,6 +668,7 @@ def run_predict(args: argparse.Namespace) -> None:
         overlays=args.overlay,
         cutouts=args.cutout,
         backend=args.backend,
+        compile=args.compile,
     )
 
 

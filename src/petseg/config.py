@@ -19,6 +19,8 @@ class DataConfig:
     num_workers: int = 2
     mirror: str | None = None  # base URL to download the archives from instead of Oxford's
     skip_bad: bool = False  # leave unusable samples out instead of stopping
+    cache: bool = True  # read train/valid from the decoded-image cache (petseg.data.cache)
+    cache_dir: Path | None = None  # where caches go; default DATA/.petseg-cache
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class TrainConfig:
     seed: int = 42
     precision: str = "auto"  # autocast: auto | fp32 | bf16 | fp16 (see runtime.resolve_precision)
     recipe: RecipeConfig = field(default_factory=lambda: RecipeConfig())
+    compile: bool = False  # torch.compile the training model
 
     def __post_init__(self) -> None:
         checks = [

@@ -31,7 +31,7 @@ from petseg.reports import (
     groups_as_json,
     worst_indices,
 )
-from petseg.runtime import autocast, resolve_device, resolve_precision
+from petseg.runtime import autocast, compiled, resolve_device, resolve_precision
 
 # The original-resolution ground truth of the i-th image the loader yields, (H, W) 0/1.
 OriginalMasks = Callable[[int], torch.Tensor]
@@ -154,6 +154,7 @@ def evaluate_checkpoint(
     gallery: int = 0,
     gallery_path: Path | None = None,
     threshold: float | None = None,
+    compile: bool = False,
 ) -> dict:
     """Evaluate the checkpoint at its own image size; print the scores, optionally write JSON.
 
@@ -161,14 +162,14 @@ def evaluate_checkpoint(
 
     gallery: also draw the `gallery` worst images (by per-image Dice) to `gallery_path`,
     by default beside --output (OUTPUT_STEM.gallery.png) or else beside the checkpoint
-    (NAME.SPLIT.gallery.png).
+    (NAME.SPLIT.gallery.png). compile: torch.compile the model.
     """
     if gallery_path is not None and gallery <= 0:
         raise PetsegError(f"{gallery_path}: --gallery_path needs --gallery N (how many images)")
     checkpoint = load_checkpoint(model_path)
     check_model_type(checkpoint, model_type, model_path)
     device = resolve_device(device_name)
-    model = model_from_checkpoint(checkpoint, model_path).to(device)
+    model = compiled(model_from_checkpoint(checkpoint, model_path).to(device), compile)
     ensure_dataset(data_path, mirror)
     size = int(checkpoint["image_size"])
     norm = checkpoint["normalization"]

@@ -31,7 +31,7 @@ from petseg.files import ensure_folder
 from petseg.inference import pet_probabilities
 from petseg.onnx_model import load_onnx_model, session_logits
 from petseg.pictures import cutout, overlay, save_png
-from petseg.runtime import autocast, resolve_device, resolve_precision
+from petseg.runtime import autocast, compiled, resolve_device, resolve_precision
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 OVERLAY_SUFFIX, CUTOUT_SUFFIX = "_overlay", "_cutout"  # NAME_overlay.png, NAME_cutout.png
@@ -80,25 +80,42 @@ def load_predictor(
     precision: str = "fp32",
     model_type: str | None = None,
     tta: bool = False,
+    compile: bool = False,
 ) -> Predictor:
-    """The checkpoint (torch) or exported ONNX file (onnxruntime) as a Predictor."""
+    """The checkpoint (torch) or exported ONNX file (onnxruntime) as a Predictor.
+
+    compile: torch.compile the model (the torch backend only).
+    """
     if resolve_backend(model_path, backend) == "onnxruntime":
+        if compile:
+            raise PetsegError("--compile applies to --backend torch, not to an ONNX model")
         return onnx_predictor(
             model_path, device_name=device_name, precision=precision, model_type=model_type, tta=tta
         )
     return torch_predictor(
-        model_path, device_name=device_name, precision=precision, model_type=model_type, tta=tta
+        model_path,
+        device_name=device_name,
+        precision=precision,
+        model_type=model_type,
+        tta=tta,
+        compile=compile,
     )
 
 
 def torch_predictor(
-    model_path: Path, *, device_name: str, precision: str, model_type: str | None, tta: bool
+    model_path: Path,
+    *,
+    device_name: str,
+    precision: str,
+    model_type: str | None,
+    tta: bool,
+    compile: bool = False,
 ) -> Predictor:
     checkpoint = load_checkpoint(model_path)
     check_model_type(checkpoint, model_type, model_path)
     device = resolve_device(device_name)
     precision = resolve_precision(precision, device)
-    model = model_from_checkpoint(checkpoint, model_path).to(device).eval()
+    model = compiled(model_from_checkpoint(checkpoint, model_path).to(device).eval(), compile)
 
     def probabilities(images: torch.Tensor) -> torch.Tensor:
         with autocast(device, precision):
@@ -237,13 +254,15 @@ def predict_masks(
     overlays: bool = False,
     cutouts: bool = False,
     backend: str | None = None,
+    compile: bool = False,
 ) -> list[Path]:
     """Write one 0/255 PNG mask per image, named after it, at its original size.
 
     Images come from `inputs` (files or folders) or, without inputs, from a dataset split.
     tta: average with the flipped image's probabilities. overlays, cutouts: also write
     NAME_overlay.png and NAME_cutout.png. backend: "torch" (a checkpoint) or "onnxruntime"
-    (a .onnx file from petseg export); None picks by the file's suffix. Returns the paths written.
+    (a .onnx file from petseg export); None picks by the file's suffix. compile:
+    torch.compile the model (torch backend). Returns the paths written.
     """
     predictor = load_predictor(
         model_path,
@@ -252,6 +271,7 @@ def predict_masks(
         precision=precision,
         model_type=model_type,
         tta=tta,
+        compile=compile,
     )
     if inputs:
         paths = collect_images(inputs)

@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
+from torch import nn
 
 from petseg.errors import PetsegError
 
@@ -96,6 +97,15 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager[obj
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def compiled(model: nn.Module, enabled: bool) -> nn.Module:
+    """torch.compile(model) when enabled, else model itself.
+
+    The compiled wrapper shares the model's parameters; keep saving `model`, whose state_dict
+    keys carry no ``_orig_mod.`` prefix. Compiling happens on the first calls (tens of seconds).
+    """
+    return torch.compile(model) if enabled else model
 
 
 @contextlib.contextmanager

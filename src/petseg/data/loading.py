@@ -61,6 +61,8 @@ def make_loader(
         drop_last=drop_last,
         generator=generator,
         worker_init_fn=seed_worker if num_workers > 0 else None,
+        # Workers start afresh each epoch: that is how the epoch's set_augment_seed reaches
+        # their copy of the dataset (persistent workers would keep the first epoch's seed).
         persistent_workers=False,
         collate_fn=collate_fn,
         sampler=sampler,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -47,6 +47,15 @@ PET, BACKGROUND, BORDER = 1, 2, 3
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 
+class DecodedPairs(Protocol):
+    """A split's (image (E, E, 3), trimap (E, E)) uint8 arrays by index, already decoded and
+    through the transform's first resize (petseg.data.cache.DecodedImages)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
 def missing_archives(root: Path) -> list[str]:
     """Names of the archives ("images", "annotations") whose contents are absent under `root`."""
     return [
@@ -54,6 +63,14 @@ def missing_archives(root: Path) -> list[str]:
         for archive, parts in REQUIRED_PARTS.items()
         if not all((root / part).exists() for part in parts)
     ]
+
+
+def image_path(root: Path, name: str) -> Path:
+    return root / "images" / f"{name}.jpg"
+
+
+def trimap_path(root: Path, name: str) -> Path:
+    return root / "annotations" / "trimaps" / f"{name}.png"
 
 
 def read_split_names(root: Path, split: Split) -> list[str]:
@@ -136,6 +153,18 @@ def load_trimap(path: Path) -> np.ndarray:
         raise PetsegError(f"{path}: cannot decode trimap ({error})") from None
 
 
+def load_pair(root: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Decode a sample: its (H, W, 3) image and (H, W) trimap classes, checked to agree in size."""
+    image = load_rgb(image_path(root, name))
+    trimap = load_trimap(trimap_path(root, name))
+    if image.shape[:2] != trimap.shape:
+        raise PetsegError(
+            f"{trimap_path(root, name)}: trimap size {trimap.shape[::-1]} differs from "
+            f"its image's {image.shape[1::-1]}"
+        )
+    return image, trimap
+
+
 class OxfordPetDataset(Dataset):
     """(image, mask) pairs of one split; `transform` maps uint8 arrays to tensors.
 
@@ -143,6 +172,8 @@ class OxfordPetDataset(Dataset):
     with_border: items gain a third tensor, ``border (1, H, W) float in {0, 1}``, the trimap's
     border class. The transform then sees the trimap's classes as the mask, so its geometry
     (nearest for masks) moves mask and border together.
+    decoded: the pairs of `names` from the decoded-image cache, read instead of the files; the
+    transform must then start after its first resize (``resized_input=True``).
     """
 
     def __init__(
@@ -153,6 +184,7 @@ class OxfordPetDataset(Dataset):
         names: Sequence[str] | None = None,
         *,
         with_border: bool = False,
+        decoded: DecodedPairs | None = None,
     ) -> None:
         """names: a subset of the split (e.g. without bad samples); default the whole split.
 
@@ -163,6 +195,9 @@ class OxfordPetDataset(Dataset):
         self.transform = transform
         self.with_border = with_border
         self.names = list(names) if names is not None else read_split_names(self.root, split)
+        self.decoded = decoded
+        if decoded is not None and len(decoded) != len(self.names):
+            raise ValueError(f"{len(decoded)} decoded pairs for {len(self.names)} names")
         self.augment_seed: int | None = None
         missing = [
             path
@@ -180,10 +215,10 @@ class OxfordPetDataset(Dataset):
         self.augment_seed = seed
 
     def image_path(self, name: str) -> Path:
-        return self.root / "images" / f"{name}.jpg"
+        return image_path(self.root, name)
 
     def mask_path(self, name: str) -> Path:
-        return self.root / "annotations" / "trimaps" / f"{name}.png"
+        return trimap_path(self.root, name)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -192,13 +227,10 @@ class OxfordPetDataset(Dataset):
         name = self.names[index]
         if self.augment_seed is not None and hasattr(self.transform, "set_seed"):
             self.transform.set_seed((self.augment_seed * 1_000_003 + index) % 2**32)
-        image = load_rgb(self.image_path(name))
-        trimap = load_trimap(self.mask_path(name))
-        if image.shape[:2] != trimap.shape:
-            raise PetsegError(
-                f"{self.mask_path(name)}: trimap size {trimap.shape[::-1]} differs from "
-                f"its image's {image.shape[1::-1]}"
-            )
+        if self.decoded is not None:
+            image, trimap = self.decoded[index]
+        else:
+            image, trimap = load_pair(self.root, name)
         if not self.with_border:
             return self.transform(image, trimap_to_mask(trimap))
         image_t, classes = self.transform(image, trimap)  # classes: (1, H, W) trimap values

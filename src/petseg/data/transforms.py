@@ -43,8 +43,25 @@ class PairTransform:
         return torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1)))
 
 
+def pipeline_versions() -> dict[str, str]:
+    """Versions of the libraries that resize (the decoded-image cache is only valid for them)."""
+    return {"albumentations": A.__version__, "opencv": cv2.__version__}
+
+
 def _normalize(mean: Sequence[float], std: Sequence[float]) -> A.Normalize:
     return A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)
+
+
+def first_resize(edge: int) -> A.Resize:
+    """Both pipelines' first step, to edge x edge: image bilinear, mask nearest (albumentations'
+    default). It draws no random numbers, so the decoded-image cache can store its output and the
+    pipeline built with resized_input=True gives the same tensors from it."""
+    return A.Resize(edge, edge, interpolation=cv2.INTER_LINEAR)
+
+
+def train_resize_edge(size: int) -> int:
+    """The edge of the training pipeline's first resize, before the random crop to size."""
+    return round(size * TRAIN_RESIZE_FACTOR)
 
 
 def train_transform(
@@ -53,16 +70,19 @@ def train_transform(
     std: Sequence[float] = IMAGENET_STD,
     seed: int | None = None,
     augment: str = "strong",
+    *,
+    resized_input: bool = False,
 ) -> PairTransform:
     """Resize to ~1.12x, then the `augment` level's random ops, crop to size, normalize.
 
     lab: the lab report's random crop and horizontal flip;
     strong: also a random scale (0.75-1.25x), rotation (up to 15 degrees) and shift before the
     crop, and colour jitter after it; pixels moved in from outside are black background.
+    resized_input: the inputs are already first_resize(train_resize_edge(size))'s output (the
+    decoded-image cache); the pipeline starts after it.
     """
     if augment not in AUGMENTS:
         raise ValueError(f"unknown augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
-    resized = round(size * TRAIN_RESIZE_FACTOR)
     geometry: list[A.BasicTransform] = []
     colour: list[A.BasicTransform] = []
     if augment == "strong":
@@ -82,7 +102,7 @@ def train_transform(
         colour = [A.ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.03, p=0.6)]
     pipeline = A.Compose(
         [
-            A.Resize(resized, resized, interpolation=cv2.INTER_LINEAR),
+            *([] if resized_input else [first_resize(train_resize_edge(size))]),
             *geometry,
             A.RandomCrop(size, size),
             A.HorizontalFlip(p=0.5),
@@ -98,9 +118,12 @@ def eval_transform(
     size: int,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    *,
+    resized_input: bool = False,
 ) -> PairTransform:
-    """Resize image (bilinear) and mask (nearest) to size x size, normalize the image."""
-    pipeline = A.Compose(
-        [A.Resize(size, size, interpolation=cv2.INTER_LINEAR), _normalize(mean, std)]
-    )
+    """Resize image (bilinear) and mask (nearest) to size x size, normalize the image.
+
+    resized_input: the inputs are already first_resize(size)'s output; only normalize.
+    """
+    pipeline = A.Compose([*([] if resized_input else [first_resize(size)]), _normalize(mean, std)])
     return PairTransform(pipeline)
