@@ -77,6 +77,7 @@ def trained(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         str(model_path),
         "--num_workers",
         "2",
+        "--tune_threshold",
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return {
