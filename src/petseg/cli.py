@@ -157,8 +157,9 @@ def _add_compile_flag(parser: argparse.ArgumentParser, what: str) -> None:
         parser,
         "compile",
         action="store_true",
-        help=f"torch.compile the model for {what}: compiling takes a while at the start "
-        "(off by default; README Speed says what it gained on a CPU)",
+        help=f"torch.compile the model for {what}. On a 2-core CPU (ResNet34-UNet, 128 px) "
+        "training was no faster and inference 1.3x, after 20-60 s of compiling at the start "
+        "(README, Speed)",
     )
 
 
