@@ -101,7 +101,6 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, A
         for key in REPORTED:
             result[f"{name}_{key}"] = results[key]
             result[f"{name}_original_{key}"] = results["original_resolution"][key]
-    result["test_per_image_dice"] = scores["test"].get("per_image_dice")
     return result
 
 
@@ -117,8 +116,6 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
     keys = [key for key in results[0] if key.startswith(("test", "valid_dice"))]
     for key in keys:
-        if key == "test_per_image_dice":
-            continue
         values = [result[key] for result in results]
         summary[f"{key}_mean"] = round(statistics.fmean(values), 4)
         summary[f"{key}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else 0.0
@@ -152,8 +149,7 @@ def main() -> None:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             result = run_seed(args, seed, work_dir)
             results.append(result)
-            emit({key: value for key, value in result.items() if key != "test_per_image_dice"},
-                 args.output)  # fmt: skip
+            emit(result, args.output)
         emit(summarize(results), args.output)
 
 
