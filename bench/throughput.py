@@ -5,13 +5,15 @@ channels_last, and fp32 under torch.compile (its compile time is the warm-up, re
 With segmentation-models-pytorch installed (`pip install -e ".[bench]"`), its Unet(resnet34,
 encoder_weights=None) runs as model `smp` in the same process with the same settings, and a
 ratio is printed. --unet_widths adds a UNet of those widths (the lighter CPU option) beside the
-default one. With onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting
+default one; --decoder_widths adds a ResNet34-UNet with those decoder widths, and each
+ResNet34-UNet row also prints its ratio to the default ResNet34-UNet in plain fp32. With onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting
 times the model as `petseg export` writes it (fp32, CPU provider, inference only) and prints its
 ratio to eager fp32 inference.
 
     python bench/throughput.py --image_size 256 --batch_size 4 --steps 5
     python bench/throughput.py --models resnet34_unet,smp --settings fp32,fp32+channels_last
     python bench/throughput.py --models unet --unet_widths 32,64,128,256 --settings fp32
+    python bench/throughput.py --models resnet34_unet,smp --decoder_widths 128,64,32,16,16
     python bench/throughput.py --models resnet34_unet --settings fp32,onnxruntime --modes infer
 """
 
@@ -136,6 +138,12 @@ def main() -> None:
         metavar="W1,W2,...",
         help="also measure a UNet of these widths, as model unet[W1,W2,...] after the others",
     )
+    parser.add_argument(
+        "--decoder_widths",
+        default=None,
+        metavar="W1,...,W5",
+        help="also measure a ResNet34-UNet with these decoder widths, as resnet34_unet[W1,...]",
+    )
     args = parser.parse_args()
 
     makers: dict[str, Callable[[], nn.Module]] = {
@@ -149,6 +157,11 @@ def main() -> None:
         widths = [int(width) for width in args.unet_widths.split(",")]
         name = f"unet[{','.join(map(str, widths))}]"
         makers[name] = lambda: build_model("unet", widths=widths)
+        names.append(name)
+    if args.decoder_widths:
+        decoder = [int(width) for width in args.decoder_widths.split(",")]
+        name = f"resnet34_unet[{','.join(map(str, decoder))}]"
+        makers[name] = lambda: build_model("resnet34_unet", decoder_widths=decoder)
         names.append(name)
     unknown = [setting for setting in args.settings.split(",") if setting not in settings]
     if unknown:
@@ -197,6 +210,15 @@ def main() -> None:
         if setting == ONNXRUNTIME and eager:
             print(json.dumps({"ratio": "onnxruntime / eager fp32", "model": name,
                               "mode": mode, "value": round(rate / eager, 3)}))  # fmt: skip
+        plain = results.get(("resnet34_unet", "fp32", mode))
+        if (
+            name.startswith("resnet34_unet")
+            and plain
+            and (name, setting) != ("resnet34_unet", "fp32")
+        ):
+            print(json.dumps({"ratio": "/ resnet34_unet plain fp32", "model": name,
+                              "setting": setting, "mode": mode,
+                              "value": round(rate / plain, 3)}))  # fmt: skip
         reference = results.get((SMP, setting, mode))
         if name != SMP and reference:
             print(json.dumps({"ratio": f"{name} / {SMP}", "setting": setting,

@@ -205,3 +205,34 @@ def test_without_tuning_the_threshold_stays_one_half(tmp_path: Path, flags: list
     assert cli.main(train_args(data, model_path, *flags)) == 0
     checkpoint = load_checkpoint(model_path)
     assert checkpoint["threshold"] == 0.5 and "threshold_sweep" not in checkpoint
+
+
+def _model_config(monkeypatch, tmp_path: Path, *flags: str):
+    seen = {}
+    monkeypatch.setattr(petseg.train, "fit", lambda config, **_: seen.setdefault("c", config))
+    assert cli.main(["train", "--data_path", str(tmp_path), *flags]) == 0
+    return seen["c"].model
+
+
+def test_width_flags_reach_the_model_kwargs_in_both_spellings(monkeypatch, tmp_path) -> None:
+    lean = _model_config(
+        monkeypatch, tmp_path, "--model_type", "resnet34_unet", "--decoder-widths", "64,32,16,8,8"
+    )
+    assert lean.kwargs == {"decoder_widths": [64, 32, 16, 8, 8]}
+    default = _model_config(monkeypatch, tmp_path, "--model-type", "resnet34_unet")
+    assert default.kwargs == {"decoder_widths": list(cli.DEFAULT_DECODER_WIDTHS)}
+    unet = _model_config(monkeypatch, tmp_path, "--unet_widths", "8,16")
+    assert (unet.model_type, unet.kwargs) == ("unet", {"widths": [8, 16]})
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model_type", "resnet34_unet", "--decoder_widths", "64,32,16"], "needs 5 values"),
+        (["--model_type", "unet", "--decoder_widths", "64,32,16,8,8"], "resnet34_unet only"),
+    ],
+)
+def test_bad_decoder_widths_are_one_line_errors(tmp_path, capsys, flags, message) -> None:
+    assert cli.main(["train", "--data_path", str(tmp_path), *flags]) != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

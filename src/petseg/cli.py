@@ -14,6 +14,7 @@ from typing import Any
 from petseg import __version__
 from petseg.config import (
     DEFAULT_DATA_PATH,
+    DEFAULT_DECODER_WIDTHS,
     DEFAULT_UNET_WIDTHS,
     DataConfig,
     RecipeConfig,
@@ -382,6 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W1,W2,...",
         help="unet channel widths per level (default 64,128,256,512)",
     )
+    _flag(
+        train,
+        "decoder_widths",
+        type=_widths,
+        default=None,
+        metavar="W1,...,W5",
+        help="resnet34_unet decoder block widths, deepest first (default "
+        f"{','.join(map(str, DEFAULT_DECODER_WIDTHS))})",
+    )
     _add_recipe_flags(train)
     _add_precision_flag(train, DEFAULTS.precision)
     _add_compile_flag(train, "training")
@@ -577,13 +587,30 @@ def run_check(args: argparse.Namespace) -> int:
     return check_dataset(args.data_path)
 
 
+def _model_kwargs(
+    model_type: str, unet_widths: tuple[int, ...], decoder_widths: tuple[int, ...] | None
+) -> dict[str, list[int]]:
+    """Constructor arguments for the chosen model from the width flags."""
+    if model_type == "unet":
+        if decoder_widths is not None:
+            raise PetsegError("--decoder_widths applies to --model_type resnet34_unet only")
+        return {"widths": list(unet_widths)}
+    widths = DEFAULT_DECODER_WIDTHS if decoder_widths is None else decoder_widths
+    if len(widths) != len(DEFAULT_DECODER_WIDTHS):
+        raise PetsegError(
+            f"--decoder_widths needs {len(DEFAULT_DECODER_WIDTHS)} values (one per decoder block), "
+            f"got {len(widths)}: {','.join(map(str, widths))}"
+        )
+    return {"decoder_widths": list(widths)}
+
+
 def run_train(args: argparse.Namespace) -> None:
     from petseg.config import ModelConfig
     from petseg.distributed import world_session
     from petseg.train import fit, resume_hint
 
     model_type = args.model_type or "unet"
-    kwargs = {"widths": list(args.unet_widths)} if model_type == "unet" else {}
+    kwargs = _model_kwargs(model_type, args.unet_widths, args.decoder_widths)
     config = TrainConfig(
         data=DataConfig(
             args.data_path,

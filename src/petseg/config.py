@@ -10,6 +10,8 @@ from petseg.errors import PetsegError
 
 DEFAULT_DATA_PATH = Path("data/oxford-iiit-pet")
 DEFAULT_UNET_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
+# ResNet34-UNet decoder block widths, deepest first (the smp/lab decoder is 256,128,64,32,16)
+DEFAULT_DECODER_WIDTHS: tuple[int, ...] = (256, 128, 64, 32, 16)
 
 
 @dataclass(frozen=True)
