@@ -236,3 +236,17 @@ def test_bad_decoder_widths_are_one_line_errors(tmp_path, capsys, flags, message
     assert cli.main(["train", "--data_path", str(tmp_path), *flags]) != 0
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_lean_decoder_is_stored_and_rebuilt_by_evaluate(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "pets")
+    model_path = tmp_path / "lean.pt"
+    argv = train_args(
+        data, model_path, "--model_type", "resnet34_unet", "--decoder_widths", "16,8,8,8,4"
+    )
+    assert cli.main(argv) == 0
+    assert load_checkpoint(model_path)["model_kwargs"] == {"decoder_widths": [16, 8, 8, 8, 4]}
+    output = tmp_path / "scores.json"
+    evaluate = ["evaluate", "--model_path", str(model_path), "--data_path", str(data)]
+    assert cli.main([*evaluate, "--num_workers", "0", "--output", str(output)]) == 0
+    assert output.exists()
