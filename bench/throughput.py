@@ -6,8 +6,8 @@ With segmentation-models-pytorch installed (`pip install -e ".[bench]"`), its Un
 encoder_weights=None) runs as model `smp` in the same process with the same settings, and a
 ratio is printed. --unet_widths adds a UNet of those widths (the lighter CPU option) beside the
 default one; --decoder_widths adds a ResNet34-UNet with those decoder widths, and each
-ResNet34-UNet row also prints its ratio to the default ResNet34-UNet in plain fp32. With onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting
-times the model as `petseg export` writes it (fp32, CPU provider, inference only) and prints its
+ResNet34-UNet row also prints its ratio to the default ResNet34-UNet in plain fp32. With
+onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting times the model as `petseg export` writes it (fp32, CPU provider, inference only) and prints its
 ratio to eager fp32 inference.
 
     python bench/throughput.py --image_size 256 --batch_size 4 --steps 5

@@ -43,16 +43,20 @@ def test_the_cli_choices_mirror_the_modules() -> None:
     assert cli.AUGMENTS == AUGMENTS
 
 
-def test_recipe_flags_in_both_spellings_reach_the_config(monkeypatch, tmp_path) -> None:
+def train_config(monkeypatch, tmp_path: Path, *flags: str):
+    """The TrainConfig that `petseg train FLAGS` hands to fit (which is not run)."""
     seen = {}
     monkeypatch.setattr(petseg.train, "fit", lambda config, **_: seen.setdefault("c", config))
-    argv = [
-        "train", "--data_path", str(tmp_path), "--loss", "bce", "--optimizer", "adam",
+    assert cli.main(["train", "--data_path", str(tmp_path), *flags]) == 0
+    return seen["c"]
+
+
+def test_recipe_flags_in_both_spellings_reach_the_config(monkeypatch, tmp_path) -> None:
+    config = train_config(
+        monkeypatch, tmp_path, "--loss", "bce", "--optimizer", "adam",
         "--weight-decay", "0", "--scheduler", "constant", "--warmup_epochs", "2",
         "--augment", "lab", "--no-tune-threshold", "-lr", "1e-4",
-    ]  # fmt: skip
-    assert cli.main(argv) == 0
-    config = seen["c"]
+    )  # fmt: skip
     assert config.learning_rate == 1e-4
     recipe = config.recipe
     assert (recipe.loss, recipe.optimizer, recipe.weight_decay) == ("bce", "adam", 0.0)
@@ -208,10 +212,7 @@ def test_without_tuning_the_threshold_stays_one_half(tmp_path: Path, flags: list
 
 
 def _model_config(monkeypatch, tmp_path: Path, *flags: str):
-    seen = {}
-    monkeypatch.setattr(petseg.train, "fit", lambda config, **_: seen.setdefault("c", config))
-    assert cli.main(["train", "--data_path", str(tmp_path), *flags]) == 0
-    return seen["c"].model
+    return train_config(monkeypatch, tmp_path, *flags).model
 
 
 def test_width_flags_reach_the_model_kwargs_in_both_spellings(monkeypatch, tmp_path) -> None:

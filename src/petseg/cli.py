@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_widths,
         default=DEFAULT_UNET_WIDTHS,
         metavar="W1,W2,...",
-        help="unet channel widths per level (default 64,128,256,512)",
+        help=f"unet channel widths per level (default {','.join(map(str, DEFAULT_UNET_WIDTHS))})",
     )
     _flag(
         train,

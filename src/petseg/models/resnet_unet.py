@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from petseg.config import DEFAULT_DECODER_WIDTHS
 from petseg.models.blocks import DecoderBlock
 from petseg.models.resnet import ResNetEncoder
 
@@ -22,7 +23,7 @@ class ResNet34UNet(nn.Module):
         self,
         in_channels: int = 3,
         num_classes: int = 1,
-        decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
+        decoder_widths: Sequence[int] = DEFAULT_DECODER_WIDTHS,
     ) -> None:
         super().__init__()
         self.encoder = ResNetEncoder(in_channels, layers=(3, 4, 6, 3))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from petseg.config import DEFAULT_UNET_WIDTHS
 from petseg.models.blocks import DecoderBlock, DoubleConv
 
 
@@ -22,7 +23,7 @@ class UNet(nn.Module):
         self,
         in_channels: int = 3,
         num_classes: int = 1,
-        widths: Sequence[int] = (64, 128, 256, 512),
+        widths: Sequence[int] = DEFAULT_UNET_WIDTHS,
     ) -> None:
         super().__init__()
         widths = tuple(int(width) for width in widths)
