@@ -21,7 +21,7 @@ def sample_data() -> Path:
     value = os.environ.get(SAMPLE_ENV)
     if not value:
         pytest.skip(f"set {SAMPLE_ENV} to the Oxford-IIIT Pet sample folder to run real-data tests")
-    root = Path(value)
+    root = Path(value).resolve()  # tests symlink into it from temp folders: relative links break
     if not (root / "annotations" / "trainval.txt").is_file():
         pytest.skip(f"{SAMPLE_ENV}={value} does not hold the Oxford-IIIT Pet layout")
     return root
