@@ -29,6 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from petseg.inference import inference_model as petseg_inference_model
 from petseg.models import build_model
 
 SETTINGS = {
@@ -36,7 +37,12 @@ SETTINGS = {
     "fp32+channels_last": {"channels_last": True, "bf16": False},
     "bf16+channels_last": {"channels_last": True, "bf16": True},
     "fp32+compile": {"channels_last": False, "bf16": False, "compile": True},
-}
+    # inference only: the model as petseg predict and evaluate run it (BatchNorm folded, NHWC)
+    "petseg": {"channels_last": True, "bf16": False, "inference_model": True},
+    "petseg+compile": {"channels_last": True, "bf16": False, "inference_model": True,
+                       "compile": True},
+}  # fmt: skip
+INFERENCE_ONLY = {"petseg", "petseg+compile"}
 ONNXRUNTIME = "onnxruntime"  # a setting of its own: the exported model under ONNX Runtime
 SMP = "smp"  # segmentation_models_pytorch.Unet("resnet34"), the reference implementation
 
@@ -59,15 +65,19 @@ def measure(
     bf16: bool,
     train: bool,
     compile: bool = False,
+    inference_model: bool = False,
     timings: dict[str, float] | None = None,
 ) -> float:
     """Images per second over `steps` timed iterations after one warm-up.
 
-    compile: torch.compile the model; the warm-up then compiles. timings, when given, receives
-    the warm-up's seconds as "warmup_s".
+    compile: torch.compile the model; the warm-up then compiles. inference_model: prepare it as
+    petseg.inference.inference_model does (inference only). timings, when given, receives the
+    warm-up's seconds as "warmup_s".
     """
     torch.manual_seed(0)
     model = make_model()
+    if inference_model:
+        model = petseg_inference_model(model)
     images = torch.randn(batch_size, 3, size, size)
     masks = (torch.rand(batch_size, 1, size, size) > 0.5).float()
     if channels_last:
@@ -176,6 +186,8 @@ def main() -> None:
         for setting in args.settings.split(","):
             for mode in args.modes.split(","):
                 timings: dict[str, float] = {"warmup_s": 0.0}
+                if setting in INFERENCE_ONLY and mode == "train":
+                    continue
                 if setting == ONNXRUNTIME and (mode == "train" or not has_onnxruntime):
                     if mode != "train":
                         print(json.dumps({"setting": setting, "skipped": "not installed"}))
@@ -223,6 +235,12 @@ def main() -> None:
         if name != SMP and reference:
             print(json.dumps({"ratio": f"{name} / {SMP}", "setting": setting,
                               "mode": mode, "value": round(rate / reference, 3)}))  # fmt: skip
+    for (name, setting, mode), rate in results.items():
+        smp_rates = {key[1]: value for key, value in results.items() if key[::2] == (SMP, mode)}
+        if name != SMP and smp_rates:
+            best = max(smp_rates, key=smp_rates.__getitem__)
+            print(json.dumps({"ratio": f"{name} {setting} / {SMP} at its best ({best})",
+                              "mode": mode, "value": round(rate / smp_rates[best], 3)}))  # fmt: skip
 
 
 if __name__ == "__main__":

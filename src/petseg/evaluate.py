@@ -20,7 +20,7 @@ from petseg.data.oxford_pet import OxfordPetDataset, Split, breed_of, load_mask,
 from petseg.data.transforms import eval_transform
 from petseg.errors import PetsegError
 from petseg.files import atomic_write_bytes, atomic_write_text
-from petseg.inference import pet_probabilities, with_flip_tta
+from petseg.inference import inference_model, pet_probabilities, with_flip_tta
 from petseg.losses import LossFn
 from petseg.metrics import SegmentationScores, dice_from_counts
 from petseg.pictures import GalleryRow, render_gallery, to_uint8_image
@@ -169,7 +169,9 @@ def evaluate_checkpoint(
     checkpoint = load_checkpoint(model_path)
     check_model_type(checkpoint, model_type, model_path)
     device = resolve_device(device_name)
-    model = compiled(model_from_checkpoint(checkpoint, model_path).to(device), compile)
+    model = compiled(
+        inference_model(model_from_checkpoint(checkpoint, model_path).to(device)), compile
+    )
     ensure_dataset(data_path, mirror)
     size = int(checkpoint["image_size"])
     norm = checkpoint["normalization"]

@@ -28,7 +28,7 @@ from petseg.data.oxford_pet import DECODE_ERRORS, Split, load_rgb, read_split_na
 from petseg.data.transforms import PairTransform, eval_transform
 from petseg.errors import PetsegError
 from petseg.files import ensure_folder
-from petseg.inference import pet_probabilities
+from petseg.inference import inference_model, pet_probabilities
 from petseg.onnx_model import load_onnx_model, session_logits
 from petseg.pictures import cutout, overlay, save_png
 from petseg.runtime import autocast, compiled, resolve_device, resolve_precision
@@ -115,7 +115,9 @@ def torch_predictor(
     check_model_type(checkpoint, model_type, model_path)
     device = resolve_device(device_name)
     precision = resolve_precision(precision, device)
-    model = compiled(model_from_checkpoint(checkpoint, model_path).to(device).eval(), compile)
+    model = compiled(
+        inference_model(model_from_checkpoint(checkpoint, model_path).to(device)), compile
+    )
 
     def probabilities(images: torch.Tensor) -> torch.Tensor:
         with autocast(device, precision):

@@ -11,6 +11,9 @@ from torch import nn
 class BasicBlock(nn.Module):
     """Two 3x3 convs with a residual connection; a 1x1 projection when the shape changes."""
 
+    # conv -> BatchNorm pairs that petseg.models.fusion.fold_batchnorm folds for inference
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
