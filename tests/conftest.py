@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import settings
 
 # Timing deadlines make property tests flaky on a loaded 2-core machine; correctness is the point.
@@ -25,3 +27,13 @@ def sample_data() -> Path:
     if not (root / "annotations" / "trainval.txt").is_file():
         pytest.skip(f"{SAMPLE_ENV}={value} does not hold the Oxford-IIIT Pet layout")
     return root
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread for a module's tests: on a busy 2-core machine OpenMP spin-waiting
+    makes small-model tests ~10x slower with two threads; results do not depend on it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -15,12 +13,7 @@ from petseg.models.fusion import fold_batchnorm
 SMALL = {"unet": {"widths": (8, 16, 32)}, "resnet34_unet": {"decoder_widths": (32, 16, 16, 8, 8)}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def trained_like(name: str) -> nn.Module:
