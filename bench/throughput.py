@@ -23,6 +23,7 @@ import argparse
 import importlib.util
 import json
 import resource
+import statistics
 import time
 from collections.abc import Callable
 
@@ -43,6 +44,8 @@ SETTINGS = {
                        "compile": True},
 }  # fmt: skip
 INFERENCE_ONLY = {"petseg", "petseg+compile"}
+# smp's best configuration is its best under plain PyTorch, without petseg's inference preparation
+SMP_OWN_SETTINGS = {"fp32", "fp32+channels_last", "bf16+channels_last", "fp32+compile"}
 ONNXRUNTIME = "onnxruntime"  # a setting of its own: the exported model under ONNX Runtime
 SMP = "smp"  # segmentation_models_pytorch.Unet("resnet34"), the reference implementation
 
@@ -129,6 +132,36 @@ def measure_onnxruntime(
     return batch_size * steps / (time.perf_counter() - started)
 
 
+def run_one(
+    make_model: Callable[[], nn.Module],
+    setting: str,
+    mode: str,
+    args: argparse.Namespace,
+    has_onnxruntime: bool,
+) -> tuple[float | None, float]:
+    """(images per second, warm-up seconds) of one measurement; None where it does not apply."""
+    if mode == "train" and (setting in INFERENCE_ONLY or setting == ONNXRUNTIME):
+        return None, 0.0
+    if setting == ONNXRUNTIME:
+        if not has_onnxruntime:
+            return None, 0.0
+        rate = measure_onnxruntime(
+            make_model, size=args.image_size, batch_size=args.batch_size, steps=args.steps
+        )
+        return rate, 0.0
+    timings = {"warmup_s": 0.0}
+    rate = measure(
+        make_model,
+        size=args.image_size,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        train=mode == "train",
+        timings=timings,
+        **SETTINGS[setting],
+    )
+    return rate, timings["warmup_s"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image_size", type=int, default=256)
@@ -142,6 +175,9 @@ def main() -> None:
         "--settings", default=",".join(settings), help=f"comma-separated: {', '.join(settings)}"
     )
     parser.add_argument("--modes", default="train,infer", help="comma-separated: train, infer")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds of every measurement; ratios use medians"
+    )
     parser.add_argument(
         "--unet_widths",
         default=None,
@@ -177,46 +213,33 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown settings {unknown}: choose from {', '.join(settings)}")
     has_onnxruntime = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
-    results: dict[tuple[str, str, str], float] = {}
-    for name in names:
-        if name not in makers:
-            reason = "pip install segmentation-models-pytorch" if name == SMP else "unknown"
-            print(json.dumps({"model": name, "skipped": reason}))
-            continue
-        for setting in args.settings.split(","):
-            for mode in args.modes.split(","):
-                timings: dict[str, float] = {"warmup_s": 0.0}
-                if setting in INFERENCE_ONLY and mode == "train":
-                    continue
-                if setting == ONNXRUNTIME and (mode == "train" or not has_onnxruntime):
-                    if mode != "train":
-                        print(json.dumps({"setting": setting, "skipped": "not installed"}))
-                    continue
-                if setting == ONNXRUNTIME:
-                    rate = measure_onnxruntime(
-                        makers[name],
-                        size=args.image_size,
-                        batch_size=args.batch_size,
-                        steps=args.steps,
-                    )
-                else:
-                    rate = measure(
-                        makers[name],
-                        size=args.image_size,
-                        batch_size=args.batch_size,
-                        steps=args.steps,
-                        train=mode == "train",
-                        timings=timings,
-                        **SETTINGS[setting],
-                    )
-                results[name, setting, mode] = rate
-                print(json.dumps({
-                    "model": name, "setting": setting, "mode": mode,
-                    "image_size": args.image_size, "batch_size": args.batch_size,
-                    "img_per_s": round(rate, 2), "warmup_s": round(timings["warmup_s"], 1),
-                    "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                    "threads": torch.get_num_threads(),
-                }), flush=True)  # fmt: skip
+    runs: dict[tuple[str, str, str], list[float]] = {}
+    for repeat in range(args.repeats):  # rounds over every measurement, so drift hits all alike
+        for name in names:
+            if name not in makers:
+                if repeat == 0:
+                    reason = "pip install segmentation-models-pytorch" if name == SMP else "unknown"
+                    print(json.dumps({"model": name, "skipped": reason}))
+                continue
+            for setting in args.settings.split(","):
+                for mode in args.modes.split(","):
+                    rate, warmup = run_one(makers[name], setting, mode, args, has_onnxruntime)
+                    if rate is None:
+                        continue
+                    runs.setdefault((name, setting, mode), []).append(rate)
+                    print(json.dumps({
+                        "model": name, "setting": setting, "mode": mode, "repeat": repeat,
+                        "image_size": args.image_size, "batch_size": args.batch_size,
+                        "img_per_s": round(rate, 2), "warmup_s": round(warmup, 1),
+                        "max_rss_mb": round(
+                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                        "threads": torch.get_num_threads(),
+                    }), flush=True)  # fmt: skip
+    results = {key: statistics.median(rates) for key, rates in runs.items()}
+    if args.repeats > 1:
+        for (name, setting, mode), rate in results.items():
+            print(json.dumps({"median": True, "model": name, "setting": setting, "mode": mode,
+                              "img_per_s": round(rate, 2), "runs": len(runs[name, setting, mode])}))  # fmt: skip
     for (name, setting, mode), rate in results.items():
         eager = results.get((name, "fp32", mode))
         if setting == ONNXRUNTIME and eager:
@@ -236,7 +259,11 @@ def main() -> None:
             print(json.dumps({"ratio": f"{name} / {SMP}", "setting": setting,
                               "mode": mode, "value": round(rate / reference, 3)}))  # fmt: skip
     for (name, setting, mode), rate in results.items():
-        smp_rates = {key[1]: value for key, value in results.items() if key[::2] == (SMP, mode)}
+        smp_rates = {
+            key[1]: value
+            for key, value in results.items()
+            if key[::2] == (SMP, mode) and key[1] in SMP_OWN_SETTINGS
+        }
         if name != SMP and smp_rates:
             best = max(smp_rates, key=smp_rates.__getitem__)
             print(json.dumps({"ratio": f"{name} {setting} / {SMP} at its best ({best})",
