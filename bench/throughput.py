@@ -8,13 +8,19 @@ ratio is printed. --unet_widths adds a UNet of those widths (the lighter CPU opt
 default one; --decoder_widths adds a ResNet34-UNet with those decoder widths, and each
 ResNet34-UNet row also prints its ratio to the default ResNet34-UNet in plain fp32. With
 onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting times the model as `petseg export` writes it (fp32, CPU provider, inference only) and prints its
-ratio to eager fp32 inference.
+ratio to eager fp32 inference. The "petseg" setting (inference only) times the model as
+`petseg evaluate` and `predict` run it (BatchNorm folded, channels_last); every row also gets
+its ratio to smp at smp's best plain-PyTorch setting. --repeats N runs every measurement in N
+interleaved rounds and prints medians, which the ratios use: single rounds swing by up to 20% on
+a shared machine.
 
     python bench/throughput.py --image_size 256 --batch_size 4 --steps 5
     python bench/throughput.py --models resnet34_unet,smp --settings fp32,fp32+channels_last
     python bench/throughput.py --models unet --unet_widths 32,64,128,256 --settings fp32
     python bench/throughput.py --models resnet34_unet,smp --decoder_widths 128,64,32,16,16
     python bench/throughput.py --models resnet34_unet --settings fp32,onnxruntime --modes infer
+    python bench/throughput.py --models resnet34_unet,smp --repeats 5 \
+        --settings fp32,fp32+channels_last,petseg,onnxruntime
 """
 
 from __future__ import annotations
@@ -213,6 +219,8 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown settings {unknown}: choose from {', '.join(settings)}")
     has_onnxruntime = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
+    if ONNXRUNTIME in args.settings.split(",") and not has_onnxruntime:
+        print(json.dumps({"setting": ONNXRUNTIME, "skipped": 'pip install "petseg[onnx]"'}))
     runs: dict[tuple[str, str, str], list[float]] = {}
     for repeat in range(args.repeats):  # rounds over every measurement, so drift hits all alike
         for name in names:
