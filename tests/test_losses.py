@@ -6,9 +6,17 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from petseg.errors import PetsegError
-from petseg.losses import LOSSES, bce_dice_loss, bce_loss, get_loss, soft_dice_loss
+from petseg.losses import (
+    LOSSES,
+    bce_dice_loss,
+    bce_loss,
+    deep_supervision_loss,
+    get_loss,
+    soft_dice_loss,
+)
 
 TARGETS = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])  # (1, 1, 2, 2): half pet
 
@@ -62,3 +70,25 @@ def test_an_empty_mask_predicted_empty_costs_nothing() -> None:
 def test_unknown_loss_is_a_clear_error() -> None:
     with pytest.raises(PetsegError, match="bce_dice"):
         get_loss("focal")
+
+
+def test_deep_supervision_adds_the_weighted_mean_of_the_upsampled_auxiliary_losses() -> None:
+    targets = torch.zeros(2, 1, 8, 8)
+    targets[:, :, :4] = 1  # the top half is pet
+    logits = torch.randn(2, 1, 8, 8, requires_grad=True)
+    right = torch.where(targets[:, :, ::2, ::2] > 0, 6.0, -6.0).requires_grad_()  # 4x4 outputs
+    wrong = (-right.detach()).requires_grad_()
+    base = bce_loss(logits, targets)
+    assert deep_supervision_loss(bce_loss, logits, [], targets) == base
+
+    def upsampled_bce(aux: torch.Tensor) -> torch.Tensor:
+        return bce_loss(F.interpolate(aux.detach(), size=(8, 8), mode="bilinear"), targets)
+
+    total = deep_supervision_loss(bce_loss, logits, [right, wrong], targets, weight=0.5)
+    expected = base + 0.5 * (upsampled_bce(right) + upsampled_bce(wrong)) / 2
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert upsampled_bce(wrong) > 10 * upsampled_bce(right)  # the upsampling kept the halves
+    total.backward()
+    # gradients reach every output; the wrong one is pushed towards the targets
+    assert logits.grad is not None and right.grad is not None
+    assert (wrong.grad[targets[:, :, ::2, ::2] > 0] < 0).all()

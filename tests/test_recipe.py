@@ -31,7 +31,7 @@ from petseg.losses import LOSSES
 from petseg.predict import predict_masks
 from petseg.schedules import SCHEDULERS, learning_rate_at
 from petseg.train import OPTIMIZERS, THRESHOLD_CANDIDATES, tune_checkpoint_threshold
-from test_robustness import make_dataset, train_args
+from test_robustness import fails_with, make_dataset, train_args
 
 SIZE = 16
 
@@ -251,3 +251,26 @@ def test_a_lean_decoder_is_stored_and_rebuilt_by_evaluate(tmp_path: Path) -> Non
     evaluate = ["evaluate", "--model_path", str(model_path), "--data_path", str(data)]
     assert cli.main([*evaluate, "--num_workers", "0", "--output", str(output)]) == 0
     assert output.exists()
+
+
+def test_deep_supervision_trains_saves_and_evaluates_through_the_cli(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "pets")
+    model_path = tmp_path / "ds.pt"
+    argv = train_args(data, model_path, "--deep-supervision")
+    argv[argv.index("unet")] = "resnet34_unet"
+    argv[argv.index("--unet_widths") : argv.index("--unet_widths") + 2] = [
+        "--decoder_widths", "16,16,8,8,8",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    checkpoint = load_checkpoint(model_path)
+    assert checkpoint["model_kwargs"]["deep_supervision"] is True
+    assert any(key.startswith("aux_heads.") for key in checkpoint["state_dict"])
+    scores = evaluate_checkpoint(model_path, data, split="test", num_workers=0)
+    assert 0.0 <= scores["dice"] <= 1.0
+
+
+def test_deep_supervision_on_the_unet_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "pets")
+    fails_with(capsys, train_args(data, tmp_path / "u.pt", "--deep_supervision"),
+               "--deep_supervision", "resnet34_unet only")  # fmt: skip
+    assert not (tmp_path / "u.pt").exists()

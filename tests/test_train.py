@@ -69,6 +69,20 @@ def test_a_non_finite_step_is_skipped_and_leaves_the_weights_alone() -> None:
             assert torch.equal(before[key], after[key]), key
 
 
+def test_deep_supervision_trains_the_auxiliary_heads_and_counts_their_loss() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet34_unet", decoder_widths=[8, 8, 8, 8, 8], deep_supervision=True)
+    before = snapshot(model)
+    data = batches(2, size=32)
+    loss = run(model, nn.BCEWithLogitsLoss(), data)
+    after = snapshot(model)
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.startswith("aux_heads"))
+    # the reported loss is the deep-supervised one: above the main head's BCE alone
+    torch.manual_seed(0)
+    plain = build_model("resnet34_unet", decoder_widths=[8, 8, 8, 8, 8])
+    assert loss > run(plain, nn.BCEWithLogitsLoss(), data)
+
+
 def test_training_goes_on_after_an_isolated_non_finite_step() -> None:
     model = tiny_model()
     before = snapshot(model)

@@ -392,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="resnet34_unet decoder block widths, deepest first (default "
         f"{','.join(map(str, DEFAULT_DECODER_WIDTHS))})",
     )
+    train.add_argument(
+        "--deep_supervision",
+        "--deep-supervision",
+        action="store_true",
+        help="resnet34_unet: also train a 1x1 head on each decoder block but the last (their "
+        "loss weighs 0.5); inference uses only the main head",
+    )
     _add_recipe_flags(train)
     _add_precision_flag(train, DEFAULTS.precision)
     _add_compile_flag(train, "training")
@@ -588,12 +595,17 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _model_kwargs(
-    model_type: str, unet_widths: tuple[int, ...], decoder_widths: tuple[int, ...] | None
-) -> dict[str, list[int]]:
-    """Constructor arguments for the chosen model from the width flags."""
+    model_type: str,
+    unet_widths: tuple[int, ...],
+    decoder_widths: tuple[int, ...] | None,
+    deep_supervision: bool = False,
+) -> dict[str, Any]:
+    """Constructor arguments for the chosen model from the architecture flags."""
     if model_type == "unet":
-        if decoder_widths is not None:
-            raise PetsegError("--decoder_widths applies to --model_type resnet34_unet only")
+        for given, flag in ((decoder_widths is not None, "--decoder_widths"),
+                            (deep_supervision, "--deep_supervision")):  # fmt: skip
+            if given:
+                raise PetsegError(f"{flag} applies to --model_type resnet34_unet only")
         return {"widths": list(unet_widths)}
     widths = DEFAULT_DECODER_WIDTHS if decoder_widths is None else decoder_widths
     if len(widths) != len(DEFAULT_DECODER_WIDTHS):
@@ -601,7 +613,10 @@ def _model_kwargs(
             f"--decoder_widths needs {len(DEFAULT_DECODER_WIDTHS)} values (one per decoder block), "
             f"got {len(widths)}: {','.join(map(str, widths))}"
         )
-    return {"decoder_widths": list(widths)}
+    # the flag only when set: checkpoints without it load as before
+    return {"decoder_widths": list(widths)} | (
+        {"deep_supervision": True} if deep_supervision else {}
+    )
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -610,7 +625,7 @@ def run_train(args: argparse.Namespace) -> None:
     from petseg.train import fit, resume_hint
 
     model_type = args.model_type or "unet"
-    kwargs = _model_kwargs(model_type, args.unet_widths, args.decoder_widths)
+    kwargs = _model_kwargs(model_type, args.unet_widths, args.decoder_widths, args.deep_supervision)
     config = TrainConfig(
         data=DataConfig(
             args.data_path,

@@ -1,4 +1,4 @@
-"""Training losses on logits, as pure functions: BCE, soft Dice, and their sum.
+"""Training losses on logits, as pure functions: BCE, soft Dice, their sum, and deep supervision.
 
 Each takes logits and 0/1 targets of shape (N, 1, H, W) and returns a scalar, the mean over
 images, so a loss value means the same whatever the batch size.
@@ -6,7 +6,7 @@ images, so a loss value means the same whatever the batch size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,8 @@ from petseg.errors import PetsegError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+# The auxiliary outputs' share of a deep-supervised loss (bench/quality.py measured 0.5).
+DEEP_SUPERVISION_WEIGHT = 0.5
 # Added to both sides of the soft Dice ratio: an empty mask predicted empty scores 1, not 0/0.
 DICE_SMOOTH = 1.0
 
@@ -48,6 +50,26 @@ LOSSES: dict[str, LossFn] = {
     "dice": soft_dice_loss,
     "bce_dice": bce_dice_loss,
 }
+
+
+def deep_supervision_loss(
+    loss_fn: LossFn,
+    logits: torch.Tensor,
+    aux_logits: Sequence[torch.Tensor],
+    targets: torch.Tensor,
+    weight: float = DEEP_SUPERVISION_WEIGHT,
+) -> torch.Tensor:
+    """loss_fn on the logits plus `weight` x the mean of loss_fn on each auxiliary output,
+    upsampled (bilinear) to the targets' size. Without auxiliary outputs: loss_fn alone."""
+    loss = loss_fn(logits, targets)
+    if not aux_logits:
+        return loss
+    size = targets.shape[-2:]
+    aux = [
+        loss_fn(F.interpolate(a.float(), size=size, mode="bilinear", align_corners=False), targets)
+        for a in aux_logits
+    ]
+    return loss + weight * torch.stack(aux).mean()
 
 
 def get_loss(name: str) -> LossFn:

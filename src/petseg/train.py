@@ -33,7 +33,13 @@ from petseg.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from petseg.config import DataConfig, ModelConfig, RecipeConfig, TrainConfig, to_plain
+from petseg.config import (
+    DataConfig,
+    ModelConfig,
+    RecipeConfig,
+    TrainConfig,
+    to_plain,
+)
 from petseg.data.cache import cached_images
 from petseg.data.check import checked_names
 from petseg.data.loading import SkipFirst, ensure_dataset, make_loader
@@ -48,7 +54,7 @@ from petseg.data.transforms import (
 from petseg.errors import PetsegError
 from petseg.evaluate import choose_threshold, evaluate_model, sweep_thresholds
 from petseg.files import atomic_write_bytes, atomic_write_text, ensure_folder
-from petseg.losses import LossFn, get_loss
+from petseg.losses import LossFn, deep_supervision_loss, get_loss
 from petseg.models import build_model
 from petseg.pictures import render_curves
 from petseg.runtime import (
@@ -155,8 +161,9 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         with autocast(device, precision):
-            logits = model(images)  # (N, 1, H, W)
-        loss = loss_fn(logits.float(), masks)
+            outputs = model(images)  # (N, 1, H, W) logits, or (logits, aux) with deep supervision
+        logits, aux = outputs if isinstance(outputs, tuple) else (outputs, [])
+        loss = deep_supervision_loss(loss_fn, logits.float(), aux, masks)
         optimizer.zero_grad(set_to_none=True)
         # backward runs even for a bad loss: under DDP every rank must join the gradient
         # all-reduce, after which a non-finite gradient anywhere is non-finite on every rank.

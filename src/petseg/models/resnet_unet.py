@@ -17,6 +17,10 @@ class ResNet34UNet(nn.Module):
     shallower feature as its skip), one last block back to the input resolution, a 1x1 head.
 
     With the default decoder widths (256, 128, 64, 32, 16): about 24.4 M parameters.
+
+    deep_supervision: a 1x1 head on each decoder block but the last; in training mode forward
+    returns (logits, [auxiliary logits at 1/16 .. 1/2 of the input size]) for
+    petseg.losses.deep_supervision_loss. In eval mode it returns the logits alone, as without.
     """
 
     def __init__(
@@ -24,6 +28,7 @@ class ResNet34UNet(nn.Module):
         in_channels: int = 3,
         num_classes: int = 1,
         decoder_widths: Sequence[int] = DEFAULT_DECODER_WIDTHS,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = ResNetEncoder(in_channels, layers=(3, 4, 6, 3))
@@ -36,11 +41,23 @@ class ResNet34UNet(nn.Module):
             for c_in, skip, c_out in zip(decoder_in, (*skips, 0), decoder_widths, strict=True)
         )
         self.head = nn.Conv2d(decoder_widths[-1], num_classes, kernel_size=1)
+        self.aux_heads = (
+            nn.ModuleList(nn.Conv2d(width, num_classes, 1) for width in decoder_widths[:-1])
+            if deep_supervision
+            else None
+        )
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         features = self.encoder(images)
         x = features[-1]
         skips: list[torch.Tensor | None] = [*features[:-1][::-1], None]
-        for block, skip in zip(self.decoder, skips, strict=True):
+        aux: list[torch.Tensor] = []
+        heads = self.aux_heads if self.training and self.aux_heads is not None else []
+        for index, (block, skip) in enumerate(zip(self.decoder, skips, strict=True)):
             x = block(x, skip, size=images.shape[-2:])
-        return self.head(x)  # (N, num_classes, H, W) logits
+            if index < len(heads):
+                aux.append(heads[index](x))
+        logits = self.head(x)  # (N, num_classes, H, W)
+        return (logits, aux) if heads else logits
