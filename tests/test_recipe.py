@@ -18,6 +18,7 @@ import petseg.predict
 import petseg.train
 from petseg import cli
 from petseg.checkpoint import history_path, load_checkpoint, make_checkpoint, save_checkpoint
+from petseg.config import RecipeConfig, resolve_recipe
 from petseg.data.oxford_pet import OxfordPetDataset
 from petseg.data.transforms import (
     AUGMENTS,
@@ -66,13 +67,35 @@ def test_recipe_flags_in_both_spellings_reach_the_config(monkeypatch, tmp_path) 
 
 def test_defaults_are_the_documented_recipe() -> None:
     args = cli.build_parser().parse_args(["train"])
-    assert (args.loss, args.optimizer, args.scheduler, args.augment) == (
-        "bce_dice",
-        "adamw",
-        "onecycle",
-        "strong",
-    )
+    assert (args.loss, args.optimizer, args.scheduler) == ("bce_dice", "adamw", "onecycle")
+    assert args.augment is None  # chosen per model type once the type is known
     assert args.tune_threshold is False and args.learning_rate == 1e-3
+
+
+def test_the_augmentation_default_depends_on_the_model_type_and_a_choice_wins() -> None:
+    assert resolve_recipe(RecipeConfig(), "unet").augment == "lab"
+    assert resolve_recipe(RecipeConfig(), "resnet34_unet").augment == "strong"
+    chosen = RecipeConfig(augment="strong", loss="bce")
+    assert resolve_recipe(chosen, "unet") == chosen
+
+
+def test_training_uses_and_records_the_model_types_augmentation(
+    tmp_path: Path, monkeypatch
+) -> None:
+    levels: list[str] = []
+    real = petseg.train.train_transform
+
+    def spy(*args, augment: str, **kwargs):
+        levels.append(augment)
+        return real(*args, augment=augment, **kwargs)
+
+    monkeypatch.setattr(petseg.train, "train_transform", spy)
+    data = make_dataset(tmp_path / "pets")
+    for extra, expected in (((), "lab"), (("--augment", "strong"), "strong")):
+        model_path = tmp_path / f"{expected}.pt"
+        assert cli.main(train_args(data, model_path, *extra)) == 0
+        assert levels[-1] == expected
+        assert load_checkpoint(model_path)["config"]["recipe"]["augment"] == expected
 
 
 def test_a_negative_weight_decay_is_a_usage_error(capsys) -> None:

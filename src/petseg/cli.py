@@ -13,6 +13,7 @@ from typing import Any
 
 from petseg import __version__
 from petseg.config import (
+    DEFAULT_AUGMENT,
     DEFAULT_DATA_PATH,
     DEFAULT_DECODER_WIDTHS,
     DEFAULT_UNET_WIDTHS,
@@ -279,7 +280,9 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         choices=AUGMENTS,
         default=RECIPE.augment,
         help="lab: random crop and flip; strong: also scale, rotation, shift and colour jitter "
-        f"(default {RECIPE.augment})",
+        "(default: "
+        + ", ".join(f"{level} for {model}" for model, level in DEFAULT_AUGMENT.items())
+        + ")",
     )
     recipe.add_argument(
         "--tune_threshold",

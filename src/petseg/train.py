@@ -38,6 +38,7 @@ from petseg.config import (
     ModelConfig,
     RecipeConfig,
     TrainConfig,
+    resolve_recipe,
     to_plain,
 )
 from petseg.data.cache import cached_images
@@ -223,7 +224,11 @@ def fit(
     ensure_dataset(config.data.data_path, config.data.mirror)
     state = restore_or_start(config, device, model_type_given=model_type_given)
     distributed.check_same_start(world, state.start_epoch, config.model_path)
-    config = replace(config, model=state.model_config)  # a resumed run keeps its architecture
+    config = replace(  # a resumed run keeps its architecture
+        config,
+        model=state.model_config,
+        recipe=resolve_recipe(config.recipe, state.model_config.model_type),
+    )
     if state.start_epoch >= config.epochs:
         print(
             f"{config.model_path}: already trained for {state.start_epoch} epochs "
