@@ -2,7 +2,8 @@
 
 Each seed runs the same code path as the `petseg train` command (petseg.cli.main), then
 `petseg evaluate` on the test split: at the checkpoint's threshold with and without flip TTA
-(test_*, test_tta_*), and at threshold 0.5 (test_t50_*). Prints one JSON line per seed
+(test_*, test_tta_*), at threshold 0.5 (test_t50_*), and keeping each mask's largest connected
+region (test_lcc_*, `--largest_component`). Prints one JSON line per seed
 and a summary line with the mean and standard deviation across seeds. Dice is the mean of
 per-image Dice at the checkpoint's threshold; dataset Dice and IoU come from summed pixels;
 all at the training size, and again at each image's original size.
@@ -62,7 +63,8 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, A
         if code != 0:
             raise SystemExit(f"petseg {' '.join(command)} exited with {code}")
         train_seconds = time.perf_counter() - started
-        # the checkpoint's threshold (tuned on valid or 0.5), with and without TTA, and 0.5
+        # the checkpoint's threshold (tuned on valid or 0.5), with and without TTA, and 0.5;
+        # test_lcc: each mask's largest connected region only (--largest_component)
         scores = {
             name: evaluate_checkpoint(
                 model_path,
@@ -71,11 +73,13 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, A
                 num_workers=args.num_workers,
                 tta=tta,
                 threshold=threshold,
+                largest_component=largest,
             )
-            for name, tta, threshold in (
-                ("test", False, None),
-                ("test_tta", True, None),
-                ("test_t50", False, 0.5),
+            for name, tta, threshold, largest in (
+                ("test", False, None, False),
+                ("test_tta", True, None, False),
+                ("test_t50", False, 0.5, False),
+                ("test_lcc", False, None, True),
             )
         }
     checkpoint = load_checkpoint(model_path)

@@ -217,3 +217,29 @@ def test_scores_at_the_original_resolution_when_the_model_size_differs(
         "pixel_accuracy",
     }
     assert "At each image's original size" in capsys.readouterr().out
+
+
+def test_largest_component_drops_a_stray_speck_and_is_recorded(
+    model_path: Path, pet_root: Path, capsys
+) -> None:
+    # a red pixel in the background corner of an exact image: a false positive of 1 pixel
+    # (tp 32, fp 1: Dice 64/65) that keeping the largest region removes
+    image_path = pet_root / "images" / "Abyssinian_1.jpg"
+    pixels = np.asarray(Image.open(image_path)).copy()
+    pixels[SIZE - 1, SIZE - 1] = (255, 0, 0)
+    image_path.write_bytes(png_bytes(pixels))
+    plain = evaluate_checkpoint(model_path, pet_root, num_workers=0)
+    kept = evaluate_checkpoint(model_path, pet_root, num_workers=0, largest_component=True)
+    expected = np.mean(list(PER_IMAGE_DICE.values()))
+    assert plain["dice"] == pytest.approx(expected - (1 - 64 / 65) / 5)
+    assert kept["dice"] == pytest.approx(expected)
+    assert kept["original_resolution"]["dice"] == pytest.approx(expected)
+    assert (plain["largest_component"], kept["largest_component"]) == (False, True)
+    assert "largest region only" in capsys.readouterr().out
+
+
+def test_largest_component_through_the_command_line(model_path: Path, pet_root: Path) -> None:
+    output = pet_root / "scores.json"
+    argv = ["evaluate", "--model_path", str(model_path), "--data_path", str(pet_root)]
+    assert main([*argv, "--num_workers", "0", "--largest-component", "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["largest_component"] is True

@@ -174,3 +174,19 @@ def test_outputs_that_would_overwrite_each_other_are_refused(
         "cat.png",
         "cat_overlay.png",
     ]
+
+
+@pytest.mark.parametrize("flag", [[], ["--largest_component"]])
+def test_largest_component_drops_a_speck_from_the_written_mask(
+    model_path: Path, tmp_path: Path, flag: list[str]
+) -> None:
+    pixels = red_rectangle(32, 32, slice(4, 20), slice(4, 20))
+    pixels[26:29, 26:29] = RED  # a 3x3 speck apart from the pet
+    photo = tmp_path / "cat.png"
+    Image.fromarray(pixels).save(photo)
+    save_dir = tmp_path / "out"
+    argv = ["predict", "--model_path", str(model_path), str(photo), "--save_dir", str(save_dir)]
+    assert main([*argv, "--num_workers", "0", *flag]) == 0
+    mask, _ = read(save_dir / "cat.png")
+    assert agreement(mask[:22, :22], pixels[:22, :22, 0] > 128) == 1.0  # the pet, either way
+    assert (mask[24:, 24:] > 0).any() == (not flag)

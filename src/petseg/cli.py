@@ -108,6 +108,16 @@ def _add_precision_flag(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def _add_largest_component_flag(parser: argparse.ArgumentParser) -> None:
+    _flag(
+        parser,
+        "largest_component",
+        action="store_true",
+        help="keep only the largest connected pet region of each mask, dropping stray specks "
+        "(on a photo of two pets it drops the smaller one)",
+    )
+
+
 def _add_tta_flag(parser: argparse.ArgumentParser) -> None:
     _flag(
         parser,
@@ -455,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         "trained with --tune_threshold, else 0.5)",
     )
     _add_tta_flag(evaluate)
+    _add_largest_component_flag(evaluate)
     _add_precision_flag(evaluate, "auto")
     _flag(
         evaluate,
@@ -530,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write NAME_cutout.png: RGBA, the pet on a transparent background",
     )
     _add_tta_flag(predict)
+    _add_largest_component_flag(predict)
     _add_precision_flag(predict, "auto")
     _flag(
         predict,
@@ -691,6 +703,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         gallery_path=args.gallery_path,
         threshold=args.threshold,
         compile=args.compile,
+        largest_component=args.largest_component,
     )
 
 
@@ -715,6 +728,7 @@ def run_predict(args: argparse.Namespace) -> None:
         cutouts=args.cutout,
         backend=args.backend,
         compile=args.compile,
+        largest_component=args.largest_component,
     )
 
 

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from petseg import postprocess
 from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
 from petseg.data.check import checked_names
 from petseg.data.loading import ensure_dataset, make_loader
@@ -57,6 +58,7 @@ def evaluate_model(
     progress: bool = True,
     precision: str = "fp32",
     original_masks: OriginalMasks | None = None,
+    largest_component: bool = False,
 ) -> Evaluation:
     """Score every image of the loader once: per-image counts at `threshold` on probabilities.
 
@@ -64,6 +66,8 @@ def evaluate_model(
     cover the trimap border band. tta: flip test-time augmentation (the loss ignores it).
     original_masks: also score at each image's original size, as `predict` writes masks: the
     probabilities resized back (bilinear), then thresholded. Needs the loader in dataset order.
+    largest_component: score each mask's largest connected region only (petseg.postprocess), at
+    each size after thresholding.
     """
     model.eval()
     scores = SegmentationScores()
@@ -85,14 +89,20 @@ def evaluate_model(
         if probs is None:
             probs = torch.sigmoid(logits)
         band = borders[0].to(device, non_blocking=True) > 0.5 if borders else None
-        scores.update(probs > threshold, masks > 0.5, band)
+        predicted = probs > threshold
+        if largest_component:
+            predicted = postprocess.largest_components(predicted)
+        scores.update(predicted, masks > 0.5, band)
         if original is not None and original_masks is not None:
             for prob in probs:
                 truth = original_masks(seen_images)
                 full = F.interpolate(
                     prob[None], size=tuple(truth.shape), mode="bilinear", align_corners=False
                 )[0]
-                original.update(full > threshold, truth[None].to(device) > 0)
+                full_mask = full[0] > threshold
+                if largest_component:
+                    full_mask = postprocess.largest_component(full_mask)
+                original.update(full_mask[None], truth[None].to(device) > 0)
                 seen_images += 1
     return Evaluation(
         scores=scores,
@@ -155,6 +165,7 @@ def evaluate_checkpoint(
     gallery_path: Path | None = None,
     threshold: float | None = None,
     compile: bool = False,
+    largest_component: bool = False,
 ) -> dict:
     """Evaluate the checkpoint at its own image size; print the scores, optionally write JSON.
 
@@ -162,7 +173,8 @@ def evaluate_checkpoint(
 
     gallery: also draw the `gallery` worst images (by per-image Dice) to `gallery_path`,
     by default beside --output (OUTPUT_STEM.gallery.png) or else beside the checkpoint
-    (NAME.SPLIT.gallery.png). compile: torch.compile the model.
+    (NAME.SPLIT.gallery.png). compile: torch.compile the model. largest_component: score
+    each predicted mask's largest connected region only.
     """
     if gallery_path is not None and gallery <= 0:
         raise PetsegError(f"{gallery_path}: --gallery_path needs --gallery N (how many images)")
@@ -197,6 +209,7 @@ def evaluate_checkpoint(
         original_masks=lambda index: torch.from_numpy(
             load_mask(dataset.mask_path(dataset.names[index]))
         ),
+        largest_component=largest_component,
     )
     counts = evaluation.scores.counts
     per_image_dice = evaluation.scores.per_image_dice()
@@ -211,6 +224,7 @@ def evaluate_checkpoint(
         "image_size": size,
         "threshold": threshold,
         "tta": tta,
+        "largest_component": largest_component,
         "precision": precision,
         "model_type": checkpoint["model_type"],
         "epoch": checkpoint.get("epoch"),
@@ -224,12 +238,21 @@ def evaluate_checkpoint(
         gallery_path = gallery_path or default_gallery_path(model_path, split, output)
         worst = worst_indices(per_image_dice, gallery)
         rows = gallery_rows(
-            model, dataset, worst, per_image_dice, device, threshold=threshold, tta=tta, norm=norm
+            model,
+            dataset,
+            worst,
+            per_image_dice,
+            device,
+            threshold=threshold,
+            tta=tta,
+            norm=norm,
+            largest_component=largest_component,
         )
         title = (
             f"{len(rows)} worst of {results['num_images']} {split} images by per-image Dice\n"
             f"{model_path.name}: {checkpoint['model_type']}, epoch {results['epoch']}, "
             f"{size}x{size}, threshold {threshold:.2f}{', flip TTA' if tta else ''}"
+            f"{', largest region only' if largest_component else ''}"
         )
         atomic_write_bytes(gallery_path, render_gallery(rows, title))
         results["gallery"] = str(gallery_path)
@@ -259,6 +282,7 @@ def gallery_rows(
     threshold: float,
     tta: bool,
     norm: dict[str, list[float]],
+    largest_component: bool = False,
 ) -> list[GalleryRow]:
     """Predict the chosen images again (a few forward passes) and gather what the gallery shows."""
     model.eval()
@@ -266,13 +290,16 @@ def gallery_rows(
     for index in indices:
         image, mask, border = dataset[index]
         probs = pet_probabilities(model, image[None].to(device), tta=tta)  # (1, 1, H, W)
+        pred = probs[0, 0] > threshold
+        if largest_component:
+            pred = postprocess.largest_component(pred)
         rows.append(
             GalleryRow(
                 name=dataset.names[index],
                 dice=per_image_dice[index],
                 image=to_uint8_image(image, norm["mean"], norm["std"]),
                 truth=mask[0].numpy() > 0.5,
-                pred=(probs[0, 0] > threshold).cpu().numpy(),
+                pred=pred.cpu().numpy(),
                 border=border[0].numpy() > 0.5,
             )
         )
@@ -285,6 +312,7 @@ def format_results(results: dict) -> str:
         f"{results['model_path']} ({results['model_type']}, epoch {results['epoch']}) on the "
         f"{results['split']} split: {results['num_images']} images at {size}x{size}, "
         f"threshold {results['threshold']:.2f}{', flip TTA' if results.get('tta') else ''}"
+        f"{', largest region only' if results.get('largest_component') else ''}"
     )
     rows = [
         ("Dice, mean of per-image Dice", results["dice"]),

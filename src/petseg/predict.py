@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from petseg import postprocess
 from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
 from petseg.data.loading import ensure_dataset, make_loader
 from petseg.data.oxford_pet import DECODE_ERRORS, Split, load_rgb, read_split_names
@@ -257,6 +258,7 @@ def predict_masks(
     cutouts: bool = False,
     backend: str | None = None,
     compile: bool = False,
+    largest_component: bool = False,
 ) -> list[Path]:
     """Write one 0/255 PNG mask per image, named after it, at its original size.
 
@@ -264,7 +266,8 @@ def predict_masks(
     tta: average with the flipped image's probabilities. overlays, cutouts: also write
     NAME_overlay.png and NAME_cutout.png. backend: "torch" (a checkpoint) or "onnxruntime"
     (a .onnx file from petseg export); None picks by the file's suffix. compile:
-    torch.compile the model (torch backend). Returns the paths written.
+    torch.compile the model (torch backend). largest_component: keep each mask's largest
+    connected region only (it drops the smaller of two pets). Returns the paths written.
     """
     predictor = load_predictor(
         model_path,
@@ -315,7 +318,10 @@ def predict_masks(
             full = F.interpolate(
                 prob[None], size=(height, width), mode="bilinear", align_corners=False
             )[0, 0]
-            mask = (full > threshold).to(torch.uint8).mul_(255).cpu().numpy()  # (H, W)
+            pet = full > threshold
+            if largest_component:
+                pet = postprocess.largest_component(pet)
+            mask = pet.to(torch.uint8).mul_(255).cpu().numpy()  # (H, W)
             stem = paths[index].stem
             pictures = [mask]
             if overlays:
@@ -331,7 +337,8 @@ def predict_masks(
     what = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
     print(
         f"wrote {what} of {len(paths)} image{'s' if len(paths) != 1 else ''} to {save_dir} "
-        f"(0 = background, 255 = pet, threshold {threshold:.2f}{', flip TTA' if tta else ''}, "
+        f"(0 = background, 255 = pet, threshold {threshold:.2f}{', flip TTA' if tta else ''}"
+        f"{', largest region only' if largest_component else ''}, "
         f"model size {size}x{size}, {predictor.description}, saved at each image's size)"
     )
     return written
