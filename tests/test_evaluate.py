@@ -236,6 +236,15 @@ def test_largest_component_drops_a_stray_speck_and_is_recorded(
     assert kept["original_resolution"]["dice"] == pytest.approx(expected)
     assert (plain["largest_component"], kept["largest_component"]) == (False, True)
     assert "largest region only" in capsys.readouterr().out
+    # the gallery draws the mask that was scored
+    dataset = OxfordPetDataset(pet_root, "test", eval_transform(SIZE), with_border=True)
+    norm = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    specks = [
+        gallery_rows(RedIsPet(), dataset, [0], [1.0], torch.device("cpu"), threshold=0.5,
+                     tta=False, norm=norm, largest_component=largest)[0].pred[SIZE - 1, SIZE - 1]
+        for largest in (False, True)
+    ]  # fmt: skip
+    assert specks == [True, False]
 
 
 def test_largest_component_through_the_command_line(model_path: Path, pet_root: Path) -> None:
