@@ -3,7 +3,9 @@
 Each seed runs the same code path as the `petseg train` command (petseg.cli.main), then
 `petseg evaluate` on the test split: at the checkpoint's threshold with and without flip TTA
 (test_*, test_tta_*), at threshold 0.5 (test_t50_*), and keeping each mask's largest connected
-region (test_lcc_*, `--largest_component`). Prints one JSON line per seed
+region (test_lcc_*, `--largest_component`); and on the train split without augmentation
+(fit_*), how well the model fits the images it learned from: a low fit_dice means more
+training or capacity can help, a fit far above test means the recipe overfits. Prints one JSON line per seed
 and a summary line with the mean and standard deviation across seeds. Dice is the mean of
 per-image Dice at the checkpoint's threshold; dataset Dice and IoU come from summed pixels;
 all at the training size, and again at each image's original size.
@@ -64,22 +66,24 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, A
             raise SystemExit(f"petseg {' '.join(command)} exited with {code}")
         train_seconds = time.perf_counter() - started
         # the checkpoint's threshold (tuned on valid or 0.5), with and without TTA, and 0.5;
-        # test_lcc: each mask's largest connected region only (--largest_component)
+        # test_lcc: each mask's largest connected region only (--largest_component);
+        # fit: the train split, evaluated like test (no augmentation)
         scores = {
             name: evaluate_checkpoint(
                 model_path,
                 args.data_dir,
-                split="test",
+                split=split,
                 num_workers=args.num_workers,
                 tta=tta,
                 threshold=threshold,
                 largest_component=largest,
             )
-            for name, tta, threshold, largest in (
-                ("test", False, None, False),
-                ("test_tta", True, None, False),
-                ("test_t50", False, 0.5, False),
-                ("test_lcc", False, None, True),
+            for name, split, tta, threshold, largest in (
+                ("test", "test", False, None, False),
+                ("test_tta", "test", True, None, False),
+                ("test_t50", "test", False, 0.5, False),
+                ("test_lcc", "test", False, None, True),
+                ("fit", "train", False, None, False),
             )
         }
     checkpoint = load_checkpoint(model_path)
@@ -118,7 +122,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "epochs": results[0]["epochs"],
         "image_size": results[0]["image_size"],
     }
-    keys = [key for key in results[0] if key.startswith(("test", "valid_dice"))]
+    keys = [key for key in results[0] if key.startswith(("test", "fit", "valid_dice"))]
     for key in keys:
         values = [result[key] for result in results]
         summary[f"{key}_mean"] = round(statistics.fmean(values), 4)
