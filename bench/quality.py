@@ -5,8 +5,8 @@ Each seed runs the same code path as the `petseg train` command (petseg.cli.main
 (test_*, test_tta_*), at threshold 0.5 (test_t50_*), and keeping each mask's largest connected
 region (test_lcc_*, `--largest_component`); and on the train split without augmentation
 (fit_*), how well the model fits the images it learned from: a low fit_dice means more
-training or capacity can help, a fit far above test means the recipe overfits. Prints one JSON line per seed
-and a summary line with the mean and standard deviation across seeds. Dice is the mean of
+training or capacity can help, a fit far above test means the recipe overfits. Prints one
+JSON line per seed and a summary line with the mean and standard deviation across seeds. Dice is the mean of
 per-image Dice at the checkpoint's threshold; dataset Dice and IoU come from summed pixels;
 all at the training size, and again at each image's original size.
 
