@@ -14,6 +14,7 @@ from torch import nn
 import petseg.checkpoint
 from petseg.checkpoint import (
     check_model_type,
+    checkpoint_model_kwargs,
     history_path,
     last_checkpoint_path,
     load_checkpoint,
@@ -276,6 +277,25 @@ def test_weights_of_other_widths_raise_petseg_error() -> None:
     checkpoint["model_kwargs"] = {"widths": [8, 32]}
     with pytest.raises(PetsegError, match="unet"):
         model_from_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize("stem", ["classic", "deep"])
+def test_a_resnet34_unet_checkpoint_rebuilds_the_stem_it_was_trained_with(stem: str) -> None:
+    # Checkpoints from before the stem was an argument have no "stem" and the 7x7 stem;
+    # a newer one names its stem.
+    torch.manual_seed(0)
+    model = build_model("resnet34_unet", decoder_widths=[8] * 5, stem=stem).eval()
+    kwargs: dict[str, Any] = {"decoder_widths": [8] * 5} | (
+        {"stem": stem} if stem == "deep" else {}
+    )
+    checkpoint = make_checkpoint(
+        model, model_type="resnet34_unet", model_kwargs=kwargs, image_size=32, mean=MEAN, std=STD
+    )
+    assert checkpoint_model_kwargs(checkpoint)["stem"] == stem
+    rebuilt = model_from_checkpoint(checkpoint).eval()
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), model(images))
 
 
 @pytest.mark.parametrize(

@@ -135,10 +135,10 @@ def test_default_unet_has_the_milesial_parameter_count(
     assert n == 31_037_633
 
 
-def test_default_resnet34_unet_has_about_24_4_million_parameters(
+def test_default_resnet34_unet_has_about_24_5_million_parameters(
     default_models: dict[str, nn.Module],
 ) -> None:
-    assert round(count_parameters(default_models["resnet34_unet"]) / 1e6, 1) == 24.4
+    assert round(count_parameters(default_models["resnet34_unet"]) / 1e6, 1) == 24.5
 
 
 def test_small_unet_widths_give_the_hand_counted_parameters() -> None:
@@ -189,9 +189,12 @@ def test_smaller_resnet34_unet_decoder_has_fewer_parameters_and_same_output_shap
 # --- ResNet34 encoder -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("stem", ["deep", "classic"])
 @pytest.mark.parametrize("size", [(64, 64), (65, 97), (33, 50)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_resnet34_encoder_returns_five_features_at_strides_2_to_32(size: tuple[int, int]) -> None:
-    encoder = ResNetEncoder().eval()
+def test_resnet34_encoder_returns_five_features_at_strides_2_to_32(
+    size: tuple[int, int], stem: str
+) -> None:
+    encoder = ResNetEncoder(stem=stem).eval()
     assert encoder.out_channels == (64, 64, 128, 256, 512)
     with torch.no_grad():
         features = encoder(torch.randn(1, 3, *size))
@@ -201,6 +204,27 @@ def test_resnet34_encoder_returns_five_features_at_strides_2_to_32(size: tuple[i
     ):
         expected = (1, channels, math.ceil(size[0] / stride), math.ceil(size[1] / stride))
         assert tuple(feature.shape) == expected
+
+
+def test_the_deep_stem_is_three_3x3_convs_striding_once() -> None:
+    convs = [m for m in ResNetEncoder().stem if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(3, 32), (32, 32), (32, 64)]
+    assert [c.kernel_size for c in convs] == [(3, 3)] * 3
+    assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1)]
+    classic = [m for m in ResNetEncoder(stem="classic").stem if isinstance(m, nn.Conv2d)]
+    assert [(c.kernel_size, c.stride, c.out_channels) for c in classic] == [((7, 7), (2, 2), 64)]
+
+
+def test_the_deep_stem_has_the_hand_counted_extra_parameters() -> None:
+    # deep: convs 3*32*9 + 32*32*9 + 32*64*9 = 28512, BatchNorms 2*(32 + 32 + 64) = 256;
+    # classic: conv 3*64*49 = 9408, BatchNorm 128
+    deep, classic = (count_parameters(ResNetEncoder(stem=s)) for s in ("deep", "classic"))
+    assert deep - classic == (28512 + 256) - (9408 + 128) == 19232
+
+
+def test_an_unknown_stem_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown stem 'wide'"):
+        ResNetEncoder(stem="wide")
 
 
 def test_resnet34_encoder_has_the_resnet34_block_layout() -> None:

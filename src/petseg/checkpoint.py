@@ -22,6 +22,9 @@ from petseg.models import MODELS, build_model
 CHECKPOINT_FORMAT = "petseg-checkpoint"
 CHECKPOINT_VERSION = 1
 REQUIRED_KEYS = ("model_type", "model_kwargs", "state_dict", "image_size", "normalization")
+# Constructor arguments added with a new default after checkpoints were saved without them: a
+# checkpoint that lacks one was trained with the value here (the ResNet34 encoder's 7x7 stem).
+LEGACY_MODEL_KWARGS: dict[str, dict[str, Any]] = {"resnet34_unet": {"stem": "classic"}}
 
 
 def last_checkpoint_path(model_path: Path) -> Path:
@@ -101,10 +104,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def checkpoint_model_kwargs(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The model's constructor arguments, those an older checkpoint lacks filled in."""
+    return LEGACY_MODEL_KWARGS.get(checkpoint["model_type"], {}) | dict(checkpoint["model_kwargs"])
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any], path: Path | None = None) -> nn.Module:
     """Rebuild the architecture from the metadata and load the weights (strictly)."""
     try:
-        model = build_model(checkpoint["model_type"], **checkpoint["model_kwargs"])
+        model = build_model(checkpoint["model_type"], **checkpoint_model_kwargs(checkpoint))
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError, ValueError) as error:
         where = f"{path}: " if path else ""

@@ -16,7 +16,9 @@ from petseg.config import (
     DEFAULT_AUGMENT,
     DEFAULT_DATA_PATH,
     DEFAULT_DECODER_WIDTHS,
+    DEFAULT_STEM,
     DEFAULT_UNET_WIDTHS,
+    STEMS,
     DataConfig,
     RecipeConfig,
     TrainConfig,
@@ -405,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="resnet34_unet decoder block widths, deepest first (default "
         f"{','.join(map(str, DEFAULT_DECODER_WIDTHS))})",
     )
+    _flag(
+        train,
+        "stem",
+        choices=STEMS,
+        default=None,
+        help="resnet34_unet encoder stem: deep (three 3x3 convs, default) or classic (one 7x7 "
+        "conv, as in torchvision and smp)",
+    )
     train.add_argument(
         "--deep_supervision",
         "--deep-supervision",
@@ -614,11 +624,13 @@ def _model_kwargs(
     unet_widths: tuple[int, ...],
     decoder_widths: tuple[int, ...] | None,
     deep_supervision: bool = False,
+    stem: str | None = None,
 ) -> dict[str, Any]:
     """Constructor arguments for the chosen model from the architecture flags."""
     if model_type == "unet":
         for given, flag in ((decoder_widths is not None, "--decoder_widths"),
-                            (deep_supervision, "--deep_supervision")):  # fmt: skip
+                            (deep_supervision, "--deep_supervision"),
+                            (stem is not None, "--stem")):  # fmt: skip
             if given:
                 raise PetsegError(f"{flag} applies to --model_type resnet34_unet only")
         return {"widths": list(unet_widths)}
@@ -628,8 +640,9 @@ def _model_kwargs(
             f"--decoder_widths needs {len(DEFAULT_DECODER_WIDTHS)} values (one per decoder block), "
             f"got {len(widths)}: {','.join(map(str, widths))}"
         )
-    # the flag only when set: checkpoints without it load as before
-    return {"decoder_widths": list(widths)} | (
+    # the stem always (checkpoints without it have the classic one); deep supervision only
+    # when set, so checkpoints without it load as before
+    return {"decoder_widths": list(widths), "stem": stem or DEFAULT_STEM} | (
         {"deep_supervision": True} if deep_supervision else {}
     )
 
@@ -640,7 +653,9 @@ def run_train(args: argparse.Namespace) -> None:
     from petseg.train import fit, resume_hint
 
     model_type = args.model_type or "unet"
-    kwargs = _model_kwargs(model_type, args.unet_widths, args.decoder_widths, args.deep_supervision)
+    kwargs = _model_kwargs(
+        model_type, args.unet_widths, args.decoder_widths, args.deep_supervision, args.stem
+    )
     config = TrainConfig(
         data=DataConfig(
             args.data_path,

@@ -12,6 +12,9 @@ DEFAULT_DATA_PATH = Path("data/oxford-iiit-pet")
 DEFAULT_UNET_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
 # ResNet34-UNet decoder block widths, deepest first (the smp/lab decoder is 256,128,64,32,16)
 DEFAULT_DECODER_WIDTHS: tuple[int, ...] = (256, 128, 64, 32, 16)
+# ResNet34 encoder stems (petseg.models.resnet.make_stem); deep raised test Dice on the sample
+STEMS: tuple[str, ...] = ("deep", "classic")
+DEFAULT_STEM = "deep"
 # Training augmentation when --augment is not given, per model type, as bench/quality.py
 # measured on the sample (README, Accuracy): the lab's crop + flip raised the UNet's test Dice
 # after 20 epochs; scale/rotate/shift + colour jitter did no worse for the ResNet34-UNet.

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from petseg import __version__
+from petseg.checkpoint import checkpoint_model_kwargs
 from petseg.errors import PetsegError
 
 ONNX_FORMAT = "petseg-onnx"
@@ -60,7 +61,7 @@ def metadata_from_checkpoint(checkpoint: dict[str, Any], source: Path) -> dict[s
         "format_version": str(ONNX_FORMAT_VERSION),
         "petseg_version": __version__,
         "model_type": checkpoint["model_type"],
-        "model_kwargs": json.dumps(checkpoint["model_kwargs"]),
+        "model_kwargs": json.dumps(checkpoint_model_kwargs(checkpoint)),
         "image_size": str(int(checkpoint["image_size"])),
         "mean": json.dumps([float(value) for value in norm["mean"]]),
         "std": json.dumps([float(value) for value in norm["std"]]),

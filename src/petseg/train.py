@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from petseg import distributed
 from petseg.checkpoint import (
+    checkpoint_model_kwargs,
     curves_path,
     history_path,
     last_checkpoint_path,
@@ -499,7 +500,7 @@ def restore_or_start(
         f"resuming from {resume_path}: epoch {resume['epoch']} done{into_next} of "
         f"{config.epochs}, best valid Dice {best_dice:.4f}"
     )
-    model_config = ModelConfig(resume["model_type"], dict(resume["model_kwargs"]))
+    model_config = ModelConfig(resume["model_type"], checkpoint_model_kwargs(resume))
     return TrainState(
         model,
         model_config,

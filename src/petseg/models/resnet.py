@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from petseg.config import DEFAULT_STEM, STEMS
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs with a residual connection; a 1x1 projection when the shape changes."""
@@ -34,8 +36,32 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.downsample(x))
 
 
+def make_stem(in_channels: int, width: int, stem: str = DEFAULT_STEM) -> nn.Sequential:
+    """The encoder's first layers, down to 1/2 of the input size, as conv -> BN -> ReLU triples.
+
+    classic: one 7x7 stride-2 conv (He et al. 2016). deep: three 3x3 convs of widths width/2,
+    width/2, width, the first with stride 2 (ResNet-C in He et al. 2019, "Bag of Tricks"); it
+    raised test Dice by about 0.01 on the sample after 40 epochs (README, Accuracy).
+    """
+    if stem == "classic":
+        shapes = [(in_channels, width, 7, 2)]
+    elif stem == "deep":
+        half = width // 2
+        shapes = [(in_channels, half, 3, 2), (half, half, 3, 1), (half, width, 3, 1)]
+    else:
+        raise ValueError(f"unknown stem {stem!r}: {' or '.join(map(repr, STEMS))}")
+    layers: list[nn.Module] = []
+    for c_in, c_out, kernel, stride in shapes:
+        layers += [
+            nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
 class ResNetEncoder(nn.Module):
-    """7x7 stride-2 stem, 3x3 max-pool, then BasicBlock stages.
+    """A stem at stride 2 (make_stem), 3x3 max-pool, then BasicBlock stages.
 
     forward returns features from high to low resolution: the stem at 1/2, then each stage
     (1/4, 1/8, 1/16, 1/32 for four stages); ``out_channels`` lists their channel counts.
@@ -46,15 +72,12 @@ class ResNetEncoder(nn.Module):
         in_channels: int = 3,
         layers: Sequence[int] = (3, 4, 6, 3),
         widths: Sequence[int] = (64, 128, 256, 512),
+        stem: str = DEFAULT_STEM,
     ) -> None:
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)} differ in length")
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(inplace=True),
-        )
+        self.stem = make_stem(in_channels, widths[0], stem)
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         stages = []
         in_width = widths[0]

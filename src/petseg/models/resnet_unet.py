@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from petseg.config import DEFAULT_DECODER_WIDTHS
+from petseg.config import DEFAULT_DECODER_WIDTHS, DEFAULT_STEM
 from petseg.models.blocks import DecoderBlock
 from petseg.models.resnet import ResNetEncoder
 
@@ -16,7 +16,10 @@ class ResNet34UNet(nn.Module):
     """ResNet34 encoder, a decoder block per encoder feature (deepest first, each using the next
     shallower feature as its skip), one last block back to the input resolution, a 1x1 head.
 
-    With the default decoder widths (256, 128, 64, 32, 16): about 24.4 M parameters.
+    With the default decoder widths (256, 128, 64, 32, 16): about 24.5 M parameters.
+
+    stem: the encoder's stem, "deep" (three 3x3 convs) or "classic" (one 7x7 conv); see
+    petseg.models.resnet.make_stem.
 
     deep_supervision: a 1x1 head on each decoder block but the last; in training mode forward
     returns (logits, [auxiliary logits at 1/16 .. 1/2 of the input size]) for
@@ -29,9 +32,10 @@ class ResNet34UNet(nn.Module):
         num_classes: int = 1,
         decoder_widths: Sequence[int] = DEFAULT_DECODER_WIDTHS,
         deep_supervision: bool = False,
+        stem: str = DEFAULT_STEM,
     ) -> None:
         super().__init__()
-        self.encoder = ResNetEncoder(in_channels, layers=(3, 4, 6, 3))
+        self.encoder = ResNetEncoder(in_channels, layers=(3, 4, 6, 3), stem=stem)
         skips = self.encoder.out_channels[:-1][::-1]  # (256, 128, 64, 64): 1/16 .. 1/2
         if len(decoder_widths) != len(skips) + 1:
             raise ValueError(f"decoder_widths needs {len(skips) + 1} values, got {decoder_widths}")
