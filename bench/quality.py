@@ -12,7 +12,7 @@ all at the training size, and again at each image's original size.
 
     python bench/quality.py ../shared/data/oxford-iiit-pet-sample --model_type resnet34_unet \
         --image_size 128 --epochs 40 --seeds 3
-    # the issue's reference recipe through petseg's flags:
+    # the issue's reference recipe and model (the 7x7 stem) through petseg's flags:
     python bench/quality.py DATA --recipe plain --epochs 40
     # any other `petseg train` flags after --, e.g. an ablation:
     python bench/quality.py DATA --epochs 40 -- --loss bce
@@ -47,7 +47,15 @@ RECIPES: dict[str, list[str]] = {
         "--learning-rate", "1e-4", "--augment", "lab",
     ],
 }  # fmt: skip
+# The references' model: the lab report's ResNet34-UNet, like smp's, has the 7x7 stem.
+REFERENCE_MODEL_FLAGS: dict[str, list[str]] = {"resnet34_unet": ["--stem", "classic"]}
 REPORTED = ("dice", "dice_dataset", "iou")
+
+
+def recipe_flags(recipe: str, model_type: str) -> list[str]:
+    """`petseg train` flags of a named recipe; the references also get the lab report's model."""
+    reference = REFERENCE_MODEL_FLAGS.get(model_type, []) if recipe != "default" else []
+    return [*RECIPES[recipe], *reference]
 
 
 def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, Any]:
@@ -57,7 +65,7 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, A
         "--image_size", str(args.image_size), "--epochs", str(args.epochs),
         "--batch_size", str(args.batch_size), "--num_workers", str(args.num_workers),
         "--seed", str(seed), "--model_path", str(model_path),
-        *RECIPES[args.recipe], *args.train_flags,
+        *recipe_flags(args.recipe, args.model_type), *args.train_flags,
     ]  # fmt: skip
     started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON lines
@@ -98,7 +106,8 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, A
         "valid_dice": checkpoint["valid_scores"]["dice"],
         "threshold": checkpoint["threshold"],
         "train_minutes": round(train_seconds / 60, 2),
-        "train_flags": [*RECIPES[args.recipe], *args.train_flags],
+        "train_flags": [*recipe_flags(args.recipe, args.model_type), *args.train_flags],
+        "model_kwargs": checkpoint["model_kwargs"],
         "resolved_recipe": {
             **config["recipe"],
             "learning_rate": config["learning_rate"],
@@ -118,6 +127,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "model_type": results[0]["model_type"],
         "recipe": results[0]["recipe"],
         "train_flags": results[0]["train_flags"],
+        "model_kwargs": results[0]["model_kwargs"],
         "seeds": [result["seed"] for result in results],
         "epochs": results[0]["epochs"],
         "image_size": results[0]["image_size"],

@@ -279,19 +279,31 @@ def test_weights_of_other_widths_raise_petseg_error() -> None:
         model_from_checkpoint(checkpoint)
 
 
-@pytest.mark.parametrize("stem", ["classic", "deep"])
-def test_a_resnet34_unet_checkpoint_rebuilds_the_stem_it_was_trained_with(stem: str) -> None:
-    # Checkpoints from before the stem was an argument have no "stem" and the 7x7 stem;
-    # a newer one names its stem.
+@pytest.mark.parametrize(
+    ("version", "stem", "saved_kwargs"),
+    [
+        (1, "classic", {}),  # from before the stem was an argument: the 7x7 stem
+        (2, "deep", {}),  # newer without the argument: the constructor's default
+        (2, "classic", {"stem": "classic"}),
+        (2, "deep", {"stem": "deep"}),
+    ],
+)
+def test_a_resnet34_unet_checkpoint_rebuilds_the_stem_it_was_trained_with(
+    version: int, stem: str, saved_kwargs: dict[str, Any]
+) -> None:
     torch.manual_seed(0)
     model = build_model("resnet34_unet", decoder_widths=[8] * 5, stem=stem).eval()
-    kwargs: dict[str, Any] = {"decoder_widths": [8] * 5} | (
-        {"stem": stem} if stem == "deep" else {}
-    )
     checkpoint = make_checkpoint(
-        model, model_type="resnet34_unet", model_kwargs=kwargs, image_size=32, mean=MEAN, std=STD
+        model,
+        model_type="resnet34_unet",
+        model_kwargs={"decoder_widths": [8] * 5, **saved_kwargs},
+        image_size=32,
+        mean=MEAN,
+        std=STD,
     )
-    assert checkpoint_model_kwargs(checkpoint)["stem"] == stem
+    checkpoint["version"] = version
+    filled = {"stem": stem} if version == 1 or saved_kwargs else {}
+    assert checkpoint_model_kwargs(checkpoint) == {"decoder_widths": [8] * 5, **filled}
     rebuilt = model_from_checkpoint(checkpoint).eval()
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():

@@ -20,11 +20,14 @@ from petseg.files import atomic_writer
 from petseg.models import MODELS, build_model
 
 CHECKPOINT_FORMAT = "petseg-checkpoint"
-CHECKPOINT_VERSION = 1
+# 2: the ResNet34-UNet's stem became an argument whose default is the deep stem
+CHECKPOINT_VERSION = 2
 REQUIRED_KEYS = ("model_type", "model_kwargs", "state_dict", "image_size", "normalization")
-# Constructor arguments added with a new default after checkpoints were saved without them: a
-# checkpoint that lacks one was trained with the value here (the ResNet34 encoder's 7x7 stem).
-LEGACY_MODEL_KWARGS: dict[str, dict[str, Any]] = {"resnet34_unet": {"stem": "classic"}}
+# Constructor arguments added with a new default: model type -> (the checkpoint version that
+# added them, their value before). An older checkpoint that lacks one was trained with that value.
+LEGACY_MODEL_KWARGS: dict[str, tuple[int, dict[str, Any]]] = {
+    "resnet34_unet": (2, {"stem": "classic"}),
+}
 
 
 def last_checkpoint_path(model_path: Path) -> Path:
@@ -106,7 +109,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def checkpoint_model_kwargs(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The model's constructor arguments, those an older checkpoint lacks filled in."""
-    return LEGACY_MODEL_KWARGS.get(checkpoint["model_type"], {}) | dict(checkpoint["model_kwargs"])
+    kwargs = dict(checkpoint["model_kwargs"])
+    since, before = LEGACY_MODEL_KWARGS.get(checkpoint["model_type"], (0, {}))
+    if int(checkpoint.get("version", 1)) < since:
+        kwargs = before | kwargs
+    return kwargs
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], path: Path | None = None) -> nn.Module:
