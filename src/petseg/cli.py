@@ -640,8 +640,8 @@ def _model_kwargs(
             f"--decoder_widths needs {len(DEFAULT_DECODER_WIDTHS)} values (one per decoder block), "
             f"got {len(widths)}: {','.join(map(str, widths))}"
         )
-    # the stem always (checkpoints without it have the classic one); deep supervision only
-    # when set, so checkpoints without it load as before
+    # the stem always (version-1 checkpoints, which lack it, have the classic one); deep
+    # supervision only when set, so checkpoints without it load as before
     return {"decoder_widths": list(widths), "stem": stem or DEFAULT_STEM} | (
         {"deep_supervision": True} if deep_supervision else {}
     )
