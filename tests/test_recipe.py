@@ -289,6 +289,24 @@ def test_a_lean_decoder_is_stored_and_rebuilt_by_evaluate(tmp_path: Path) -> Non
     assert output.exists()
 
 
+def test_a_run_from_before_the_stem_argument_resumes_with_its_7x7_stem(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "pets")
+    model_path = tmp_path / "old.pt"
+    argv = train_args(
+        data, model_path, "--model_type", "resnet34_unet", "--decoder_widths", "16,8,8,8,4"
+    )
+    assert cli.main([*argv, "--stem", "classic"]) == 0
+    for path in (model_path, model_path.with_name("old.last.pt")):  # as a version-1 run saved it
+        checkpoint = load_checkpoint(path)
+        checkpoint["version"] = 1
+        del checkpoint["model_kwargs"]["stem"]
+        save_checkpoint(path, checkpoint)
+    assert cli.main([*argv, "--epochs", "2"]) == 0  # resumes, without --stem
+    resumed = load_checkpoint(model_path.with_name("old.last.pt"))
+    assert resumed["epoch"] == 2
+    assert resumed["model_kwargs"]["stem"] == "classic"
+
+
 def test_deep_supervision_trains_saves_and_evaluates_through_the_cli(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "pets")
     model_path = tmp_path / "ds.pt"
