@@ -272,11 +272,25 @@ def test_weights_of_another_architecture_raise_petseg_error(tmp_path: Path) -> N
     assert "resnet34_unet" in str(info.value)
 
 
-def test_weights_of_other_widths_raise_petseg_error() -> None:
+def test_weights_of_other_widths_raise_petseg_error_naming_a_tensor_and_both_shapes() -> None:
     checkpoint = small_checkpoint(small_unet())
     checkpoint["model_kwargs"] = {"widths": [8, 32]}
-    with pytest.raises(PetsegError, match="unet"):
+    with pytest.raises(PetsegError, match="unet") as info:
         model_from_checkpoint(checkpoint)
+    # the first conv of the second level: saved with 16 output channels, the model wants 32
+    assert "down.0.0.weight (16, 8, 3, 3) vs (32, 8, 3, 3)" in str(info.value)
+
+
+def test_renamed_weights_are_named_as_missing_and_unexpected() -> None:
+    checkpoint = small_checkpoint(small_unet())
+    state = checkpoint["state_dict"]
+    state["head.kernel"] = state.pop("head.weight")
+    with pytest.raises(PetsegError) as info:
+        model_from_checkpoint(checkpoint)
+    message = str(info.value)
+    assert "missing 1: head.weight" in message
+    assert "unexpected 1: head.kernel" in message
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize(

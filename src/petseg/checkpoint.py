@@ -120,14 +120,42 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: Path | None = None) 
     """Rebuild the architecture from the metadata and load the weights (strictly)."""
     try:
         model = build_model(checkpoint["model_type"], **checkpoint_model_kwargs(checkpoint))
-        model.load_state_dict(checkpoint["state_dict"])
+        reason = weights_mismatch(model.state_dict(), checkpoint["state_dict"])
+        if reason is None:
+            model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError, ValueError) as error:
-        where = f"{path}: " if path else ""
         reason = str(error).strip().splitlines()[0][:200]
+    if reason is not None:
+        where = f"{path}: " if path else ""
         raise PetsegError(
             f"{where}cannot rebuild the {checkpoint['model_type']} model from it ({reason})"
-        ) from None
+        )
     return model
+
+
+def weights_mismatch(
+    expected: dict[str, torch.Tensor], saved: dict[str, Any], shown: int = 2
+) -> str | None:
+    """How saved weights fail to fit a model's state dict, naming a few tensors; None if they fit."""
+    missing = [name for name in expected if name not in saved]
+    unexpected = [name for name in saved if name not in expected]
+    reshaped = [
+        f"{name} {tuple(saved[name].shape)} vs {tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if name in saved
+        and isinstance(saved[name], torch.Tensor)
+        and saved[name].shape != tensor.shape
+    ]
+    parts = [
+        f"{label} {len(names)}: {', '.join(names[:shown])}{', ...' if len(names) > shown else ''}"
+        for label, names in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("saved shape vs model's", reshaped),
+        )
+        if names
+    ]
+    return f"weights do not fit: {'; '.join(parts)}" if parts else None
 
 
 def check_model_type(checkpoint: dict[str, Any], expected: str | None, path: Path) -> None:
