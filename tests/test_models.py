@@ -227,6 +227,37 @@ def test_an_unknown_stem_is_refused() -> None:
         ResNetEncoder(stem="wide")
 
 
+@pytest.mark.parametrize(("activation", "kind"), [("relu", nn.ReLU), ("silu", nn.SiLU)])
+def test_the_activation_is_used_in_the_encoder_and_the_decoder_alike(
+    activation: str, kind: type[nn.Module]
+) -> None:
+    model = ResNet34UNet(decoder_widths=(16, 8, 8, 8, 8), activation=activation)
+    for part in (model.encoder.stem, model.encoder.stages, model.decoder):
+        activations = [m for m in part.modules() if isinstance(m, (nn.ReLU, nn.SiLU))]
+        assert activations and all(type(m) is kind for m in activations)
+    # 3 in the stem, one module per residual block (applied after its first conv and after
+    # the sum) in the 16 blocks, 2 per decoder block in the 5 blocks
+    assert sum(isinstance(m, kind) for m in model.modules()) == 3 + 16 + 10
+
+
+def test_the_activation_changes_the_outputs_not_the_parameters() -> None:
+    models = []
+    for activation in ("relu", "silu"):
+        torch.manual_seed(0)
+        models.append(ResNet34UNet(decoder_widths=(16, 8, 8, 8, 8), activation=activation).eval())
+    relu, silu = models
+    for (name, a), (_, b) in zip(relu.state_dict().items(), silu.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(relu(images), silu(images))
+
+
+def test_an_unknown_activation_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        ResNet34UNet(activation="gelu")
+
+
 def test_resnet34_encoder_has_the_resnet34_block_layout() -> None:
     encoder = ResNetEncoder()
     assert [len(stage) for stage in encoder.stages] == [3, 4, 6, 3]

@@ -242,13 +242,19 @@ def test_width_flags_reach_the_model_kwargs_in_both_spellings(monkeypatch, tmp_p
     lean = _model_config(
         monkeypatch, tmp_path, "--model_type", "resnet34_unet", "--decoder-widths", "64,32,16,8,8"
     )
-    assert lean.kwargs == {"decoder_widths": [64, 32, 16, 8, 8], "stem": "deep"}
+    defaults = {"stem": "deep", "activation": cli.DEFAULT_ACTIVATION}
+    assert lean.kwargs == {"decoder_widths": [64, 32, 16, 8, 8], **defaults}
     default = _model_config(monkeypatch, tmp_path, "--model-type", "resnet34_unet")
-    assert default.kwargs == {"decoder_widths": list(cli.DEFAULT_DECODER_WIDTHS), "stem": "deep"}
+    assert default.kwargs == {"decoder_widths": list(cli.DEFAULT_DECODER_WIDTHS), **defaults}
     classic = _model_config(
         monkeypatch, tmp_path, "--model_type", "resnet34_unet", "--stem", "classic"
     )
     assert classic.kwargs["stem"] == "classic"
+    for activation in ("relu", "silu"):
+        chosen = _model_config(
+            monkeypatch, tmp_path, "--model_type", "resnet34_unet", "--activation", activation
+        )
+        assert chosen.kwargs["activation"] == activation
     unet = _model_config(monkeypatch, tmp_path, "--unet_widths", "8,16")
     assert (unet.model_type, unet.kwargs) == ("unet", {"widths": [8, 16]})
 
@@ -259,6 +265,7 @@ def test_width_flags_reach_the_model_kwargs_in_both_spellings(monkeypatch, tmp_p
         (["--model_type", "resnet34_unet", "--decoder_widths", "64,32,16"], "needs 5 values"),
         (["--model_type", "unet", "--decoder_widths", "64,32,16,8,8"], "resnet34_unet only"),
         (["--model_type", "unet", "--stem", "classic"], "--stem applies to"),
+        (["--model_type", "unet", "--activation", "silu"], "--activation applies to"),
     ],
 )
 def test_bad_architecture_flags_are_one_line_errors(tmp_path, capsys, flags, message) -> None:
@@ -267,11 +274,12 @@ def test_bad_architecture_flags_are_one_line_errors(tmp_path, capsys, flags, mes
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_an_unknown_stem_is_a_usage_error(capsys) -> None:
+@pytest.mark.parametrize("flag", ["--stem", "--activation"])
+def test_an_unknown_stem_or_activation_is_a_usage_error(capsys, flag: str) -> None:
     with pytest.raises(SystemExit) as info:
-        cli.main(["train", "--model_type", "resnet34_unet", "--stem", "wide"])
+        cli.main(["train", "--model_type", "resnet34_unet", flag, "wide"])
     assert info.value.code == 2
-    assert "--stem: invalid choice: 'wide'" in capsys.readouterr().err
+    assert f"{flag}: invalid choice: 'wide'" in capsys.readouterr().err
 
 
 def test_a_lean_decoder_is_stored_and_rebuilt_by_evaluate(tmp_path: Path) -> None:
@@ -282,7 +290,11 @@ def test_a_lean_decoder_is_stored_and_rebuilt_by_evaluate(tmp_path: Path) -> Non
     )
     assert cli.main(argv) == 0
     kwargs = load_checkpoint(model_path)["model_kwargs"]
-    assert kwargs == {"decoder_widths": [16, 8, 8, 8, 4], "stem": "deep"}
+    assert kwargs == {
+        "decoder_widths": [16, 8, 8, 8, 4],
+        "stem": "deep",
+        "activation": cli.DEFAULT_ACTIVATION,
+    }
     output = tmp_path / "scores.json"
     evaluate = ["evaluate", "--model_path", str(model_path), "--data_path", str(data)]
     assert cli.main([*evaluate, "--num_workers", "0", "--output", str(output)]) == 0

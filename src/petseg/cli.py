@@ -13,6 +13,8 @@ from typing import Any
 
 from petseg import __version__
 from petseg.config import (
+    ACTIVATIONS,
+    DEFAULT_ACTIVATION,
     DEFAULT_AUGMENT,
     DEFAULT_DATA_PATH,
     DEFAULT_DECODER_WIDTHS,
@@ -415,6 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="resnet34_unet encoder stem: deep (three 3x3 convs, default) or classic (one 7x7 "
         "conv, as in torchvision and smp)",
     )
+    _flag(
+        train,
+        "activation",
+        choices=ACTIVATIONS,
+        default=None,
+        help="resnet34_unet activation, in the encoder and the decoder: relu (as in torchvision "
+        f"and smp) or silu (default {DEFAULT_ACTIVATION})",
+    )
     train.add_argument(
         "--deep_supervision",
         "--deep-supervision",
@@ -625,12 +635,14 @@ def _model_kwargs(
     decoder_widths: tuple[int, ...] | None,
     deep_supervision: bool = False,
     stem: str | None = None,
+    activation: str | None = None,
 ) -> dict[str, Any]:
     """Constructor arguments for the chosen model from the architecture flags."""
     if model_type == "unet":
         for given, flag in ((decoder_widths is not None, "--decoder_widths"),
                             (deep_supervision, "--deep_supervision"),
-                            (stem is not None, "--stem")):  # fmt: skip
+                            (stem is not None, "--stem"),
+                            (activation is not None, "--activation")):  # fmt: skip
             if given:
                 raise PetsegError(f"{flag} applies to --model_type resnet34_unet only")
         return {"widths": list(unet_widths)}
@@ -640,11 +652,14 @@ def _model_kwargs(
             f"--decoder_widths needs {len(DEFAULT_DECODER_WIDTHS)} values (one per decoder block), "
             f"got {len(widths)}: {','.join(map(str, widths))}"
         )
-    # the stem always (version-1 checkpoints, which lack it, have the classic one); deep
-    # supervision only when set, so checkpoints without it load as before
-    return {"decoder_widths": list(widths), "stem": stem or DEFAULT_STEM} | (
-        {"deep_supervision": True} if deep_supervision else {}
-    )
+    # the stem and the activation always (older checkpoints, which lack them, had the 7x7
+    # stem or ReLU, see petseg.checkpoint.LEGACY_MODEL_KWARGS); deep supervision only when
+    # set, so checkpoints without it load as before
+    return {
+        "decoder_widths": list(widths),
+        "stem": stem or DEFAULT_STEM,
+        "activation": activation or DEFAULT_ACTIVATION,
+    } | ({"deep_supervision": True} if deep_supervision else {})
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -654,7 +669,12 @@ def run_train(args: argparse.Namespace) -> None:
 
     model_type = args.model_type or "unet"
     kwargs = _model_kwargs(
-        model_type, args.unet_widths, args.decoder_widths, args.deep_supervision, args.stem
+        model_type,
+        args.unet_widths,
+        args.decoder_widths,
+        args.deep_supervision,
+        args.stem,
+        args.activation,
     )
     config = TrainConfig(
         data=DataConfig(

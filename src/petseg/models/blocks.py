@@ -1,4 +1,4 @@
-"""Building blocks shared by the decoders: DoubleConv and the upsample + skip + convs block."""
+"""Building blocks shared by the models: the activation, DoubleConv and the decoder block."""
 
 from __future__ import annotations
 
@@ -8,23 +8,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from petseg.config import ACTIVATIONS
+
 Upsample = Literal["transpose", "nearest"]
 
 
+def make_activation(name: str = "relu") -> nn.Module:
+    """relu (He et al.'s ResNet, the classic UNet) or silu (x * sigmoid(x), Hendrycks & Gimpel
+    2016; Ramachandran et al. 2017), in place."""
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "silu":
+        return nn.SiLU(inplace=True)
+    raise ValueError(f"unknown activation {name!r}: {' or '.join(map(repr, ACTIVATIONS))}")
+
+
 class DoubleConv(nn.Sequential):
-    """(conv3x3 -> BatchNorm -> ReLU) twice; the conv bias is redundant before BatchNorm."""
+    """(conv3x3 -> BatchNorm -> activation) twice; the conv bias is redundant before BatchNorm."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, mid_channels: int | None = None
+        self,
+        in_channels: int,
+        out_channels: int,
+        mid_channels: int | None = None,
+        activation: str = "relu",
     ) -> None:
         mid_channels = mid_channels or out_channels
         super().__init__(
             nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(mid_channels),
-            nn.ReLU(inplace=True),
+            make_activation(activation),
             nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
+            make_activation(activation),
         )
 
 
@@ -43,6 +59,7 @@ class DecoderBlock(nn.Module):
         skip_channels: int,
         out_channels: int,
         upsample: Upsample = "nearest",
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         self.upsample = upsample
@@ -54,7 +71,7 @@ class DecoderBlock(nn.Module):
             self.up = nn.Identity()
         else:
             raise ValueError(f"unknown upsample {upsample!r}: 'transpose' or 'nearest'")
-        self.conv = DoubleConv(up_channels + skip_channels, out_channels)
+        self.conv = DoubleConv(up_channels + skip_channels, out_channels, activation=activation)
 
     def forward(
         self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from petseg.config import DEFAULT_STEM, STEMS
+from petseg.config import DEFAULT_ACTIVATION, DEFAULT_STEM, STEMS
+from petseg.models.blocks import make_activation
 
 
 class BasicBlock(nn.Module):
@@ -16,13 +17,15 @@ class BasicBlock(nn.Module):
     # conv -> BatchNorm pairs that petseg.models.fusion.fold_batchnorm folds for inference
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, activation: str = "relu"
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
+        self.act = make_activation(activation)
         self.downsample: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
@@ -31,13 +34,16 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.downsample(x))
+        return self.act(out + self.downsample(x))
 
 
-def make_stem(in_channels: int, width: int, stem: str = DEFAULT_STEM) -> nn.Sequential:
-    """The encoder's first layers, down to 1/2 of the input size, as conv -> BN -> ReLU triples.
+def make_stem(
+    in_channels: int, width: int, stem: str = DEFAULT_STEM, activation: str = "relu"
+) -> nn.Sequential:
+    """The encoder's first layers, down to 1/2 of the input size, as conv -> BN -> activation
+    triples.
 
     classic: one 7x7 stride-2 conv (He et al. 2016). deep: three 3x3 convs of widths width/2,
     width/2, width, the first with stride 2 (ResNet-C in He et al. 2019, "Bag of Tricks"); it
@@ -55,7 +61,7 @@ def make_stem(in_channels: int, width: int, stem: str = DEFAULT_STEM) -> nn.Sequ
         layers += [
             nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
             nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True),
+            make_activation(activation),
         ]
     return nn.Sequential(*layers)
 
@@ -73,25 +79,31 @@ class ResNetEncoder(nn.Module):
         layers: Sequence[int] = (3, 4, 6, 3),
         widths: Sequence[int] = (64, 128, 256, 512),
         stem: str = DEFAULT_STEM,
+        activation: str = DEFAULT_ACTIVATION,
     ) -> None:
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)} differ in length")
-        self.stem = make_stem(in_channels, widths[0], stem)
+        self.stem = make_stem(in_channels, widths[0], stem, activation)
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         stages = []
         in_width = widths[0]
         for index, (blocks, width) in enumerate(zip(layers, widths, strict=True)):
-            stages.append(self._make_stage(in_width, width, blocks, stride=1 if index == 0 else 2))
+            stride = 1 if index == 0 else 2
+            stages.append(self._make_stage(in_width, width, blocks, stride, activation))
             in_width = width
         self.stages = nn.ModuleList(stages)
         self.out_channels: tuple[int, ...] = (widths[0], *widths)
         self._init_weights()
 
     @staticmethod
-    def _make_stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
-        first = BasicBlock(in_channels, out_channels, stride)
-        rest = (BasicBlock(out_channels, out_channels) for _ in range(blocks - 1))
+    def _make_stage(
+        in_channels: int, out_channels: int, blocks: int, stride: int, activation: str
+    ) -> nn.Sequential:
+        first = BasicBlock(in_channels, out_channels, stride, activation)
+        rest = (
+            BasicBlock(out_channels, out_channels, activation=activation) for _ in range(blocks - 1)
+        )
         return nn.Sequential(first, *rest)
 
     def _init_weights(self) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from petseg.config import DEFAULT_DECODER_WIDTHS, DEFAULT_STEM
+from petseg.config import DEFAULT_ACTIVATION, DEFAULT_DECODER_WIDTHS, DEFAULT_STEM
 from petseg.models.blocks import DecoderBlock
 from petseg.models.resnet import ResNetEncoder
 
@@ -21,6 +21,8 @@ class ResNet34UNet(nn.Module):
     stem: the encoder's stem, "deep" (three 3x3 convs) or "classic" (one 7x7 conv); see
     petseg.models.resnet.make_stem.
 
+    activation: "relu" or "silu", in the encoder and the decoder alike.
+
     deep_supervision: a 1x1 head on each decoder block but the last; in training mode forward
     returns (logits, [auxiliary logits at 1/16 .. 1/2 of the input size]) for
     petseg.losses.deep_supervision_loss. In eval mode it returns the logits alone, as without.
@@ -33,15 +35,18 @@ class ResNet34UNet(nn.Module):
         decoder_widths: Sequence[int] = DEFAULT_DECODER_WIDTHS,
         deep_supervision: bool = False,
         stem: str = DEFAULT_STEM,
+        activation: str = DEFAULT_ACTIVATION,
     ) -> None:
         super().__init__()
-        self.encoder = ResNetEncoder(in_channels, layers=(3, 4, 6, 3), stem=stem)
+        self.encoder = ResNetEncoder(
+            in_channels, layers=(3, 4, 6, 3), stem=stem, activation=activation
+        )
         skips = self.encoder.out_channels[:-1][::-1]  # (256, 128, 64, 64): 1/16 .. 1/2
         if len(decoder_widths) != len(skips) + 1:
             raise ValueError(f"decoder_widths needs {len(skips) + 1} values, got {decoder_widths}")
         decoder_in = (self.encoder.out_channels[-1], *decoder_widths[:-1])
         self.decoder = nn.ModuleList(
-            DecoderBlock(c_in, skip, c_out, upsample="nearest")
+            DecoderBlock(c_in, skip, c_out, upsample="nearest", activation=activation)
             for c_in, skip, c_out in zip(decoder_in, (*skips, 0), decoder_widths, strict=True)
         )
         self.head = nn.Conv2d(decoder_widths[-1], num_classes, kernel_size=1)
