@@ -6,7 +6,8 @@ With segmentation-models-pytorch installed (`pip install -e ".[bench]"`), its Un
 encoder_weights=None) runs as model `smp` in the same process with the same settings, and a
 ratio is printed. --unet_widths adds a UNet of those widths (the lighter CPU option) beside the
 default one; --decoder_widths adds a ResNet34-UNet with those decoder widths, --stem one with
-that encoder stem (--stem classic: the 7x7 one), and each ResNet34-UNet row also prints its
+that encoder stem (--stem classic: the 7x7 one), --activation one with that activation, and
+each ResNet34-UNet row also prints its
 ratio to the default ResNet34-UNet in plain fp32. With
 onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting times the model as `petseg export` writes it (fp32, CPU provider, inference only) and prints its
 ratio to eager fp32 inference. The "petseg" setting (inference only) times the model as
@@ -20,6 +21,7 @@ a shared machine.
     python bench/throughput.py --models unet --unet_widths 32,64,128,256 --settings fp32
     python bench/throughput.py --models resnet34_unet,smp --decoder_widths 128,64,32,16,16
     python bench/throughput.py --models resnet34_unet --stem classic --settings fp32,petseg
+    python bench/throughput.py --models resnet34_unet --activation silu --settings fp32
     python bench/throughput.py --models resnet34_unet --settings fp32,onnxruntime --modes infer
     python bench/throughput.py --models resnet34_unet,smp --repeats 5 \
         --settings fp32,fp32+channels_last,petseg,onnxruntime
@@ -38,7 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from petseg.config import STEMS
+from petseg.config import ACTIVATIONS, STEMS
 from petseg.inference import inference_model as petseg_inference_model
 from petseg.models import build_model
 
@@ -205,6 +207,12 @@ def main() -> None:
         choices=STEMS,
         help="also measure a ResNet34-UNet with this encoder stem, as resnet34_unet[stem=S]",
     )
+    parser.add_argument(
+        "--activation",
+        default=None,
+        choices=ACTIVATIONS,
+        help="also measure a ResNet34-UNet with this activation, as resnet34_unet[activation=A]",
+    )
     args = parser.parse_args()
 
     makers: dict[str, Callable[[], nn.Module]] = {
@@ -227,6 +235,10 @@ def main() -> None:
     if args.stem:
         name = f"resnet34_unet[stem={args.stem}]"
         makers[name] = lambda: build_model("resnet34_unet", stem=args.stem)
+        names.append(name)
+    if args.activation:
+        name = f"resnet34_unet[activation={args.activation}]"
+        makers[name] = lambda: build_model("resnet34_unet", activation=args.activation)
         names.append(name)
     unknown = [setting for setting in args.settings.split(",") if setting not in settings]
     if unknown:
