@@ -12,7 +12,7 @@ all at the training size, and again at each image's original size.
 
     python bench/quality.py ../shared/data/oxford-iiit-pet-sample --model_type resnet34_unet \
         --image_size 128 --epochs 40 --seeds 3
-    # the issue's reference recipe and model (the 7x7 stem) through petseg's flags:
+    # the issue's reference recipe and model (the 7x7 stem, ReLU) through petseg's flags:
     python bench/quality.py DATA --recipe plain --epochs 40
     # any other `petseg train` flags after --, e.g. an ablation:
     python bench/quality.py DATA --epochs 40 -- --loss bce
@@ -47,8 +47,10 @@ RECIPES: dict[str, list[str]] = {
         "--learning-rate", "1e-4", "--augment", "lab",
     ],
 }  # fmt: skip
-# The references' model: the lab report's ResNet34-UNet, like smp's, has the 7x7 stem.
-REFERENCE_MODEL_FLAGS: dict[str, list[str]] = {"resnet34_unet": ["--stem", "classic"]}
+# The references' model: the lab report's ResNet34-UNet, like smp's, has the 7x7 stem and ReLU.
+REFERENCE_MODEL_FLAGS: dict[str, list[str]] = {
+    "resnet34_unet": ["--stem", "classic", "--activation", "relu"]
+}
 REPORTED = ("dice", "dice_dataset", "iou")
 
 

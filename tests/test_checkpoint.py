@@ -22,10 +22,12 @@ from petseg.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
+from petseg.config import DEFAULT_ACTIVATION, DEFAULT_STEM
 from petseg.errors import PetsegError
 from petseg.models import UNet, build_model
 
 SMALL_KWARGS: dict[str, Any] = {"widths": [8, 16]}
+DEFAULTS = {"stem": DEFAULT_STEM, "activation": DEFAULT_ACTIVATION}  # the constructor's
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.25, 0.2, 0.15)
 
@@ -294,19 +296,23 @@ def test_renamed_weights_are_named_as_missing_and_unexpected() -> None:
 
 
 @pytest.mark.parametrize(
-    ("version", "stem", "saved_kwargs"),
+    ("version", "saved_kwargs", "trained_with"),
     [
-        (1, "classic", {}),  # from before the stem was an argument: the 7x7 stem
-        (2, "deep", {}),  # newer without the argument: the constructor's default
-        (2, "classic", {"stem": "classic"}),
-        (2, "deep", {"stem": "deep"}),
+        # version 1, before the stem was an argument: the 7x7 stem and ReLU
+        (1, {}, {"stem": "classic", "activation": "relu"}),
+        # version 2, before the activation was one: ReLU
+        (2, {}, {"stem": "deep", "activation": "relu"}),
+        (2, {"stem": "classic"}, {"stem": "classic", "activation": "relu"}),
+        # version 3 without the arguments: the constructor's defaults
+        (3, {}, {"stem": "deep", "activation": "silu"}),
+        (3, {"stem": "classic", "activation": "relu"}, {"stem": "classic", "activation": "relu"}),
     ],
 )
-def test_a_resnet34_unet_checkpoint_rebuilds_the_stem_it_was_trained_with(
-    version: int, stem: str, saved_kwargs: dict[str, Any]
+def test_a_resnet34_unet_checkpoint_rebuilds_the_stem_and_activation_it_was_trained_with(
+    version: int, saved_kwargs: dict[str, Any], trained_with: dict[str, str]
 ) -> None:
     torch.manual_seed(0)
-    model = build_model("resnet34_unet", decoder_widths=[8] * 5, stem=stem).eval()
+    model = build_model("resnet34_unet", decoder_widths=[8] * 5, **trained_with).eval()
     checkpoint = make_checkpoint(
         model,
         model_type="resnet34_unet",
@@ -316,8 +322,8 @@ def test_a_resnet34_unet_checkpoint_rebuilds_the_stem_it_was_trained_with(
         std=STD,
     )
     checkpoint["version"] = version
-    filled = {"stem": stem} if version == 1 or saved_kwargs else {}
-    assert checkpoint_model_kwargs(checkpoint) == {"decoder_widths": [8] * 5, **filled}
+    kwargs = checkpoint_model_kwargs(checkpoint)
+    assert {name: kwargs.get(name, default) for name, default in DEFAULTS.items()} == trained_with
     rebuilt = model_from_checkpoint(checkpoint).eval()
     images = torch.randn(1, 3, 32, 32)
     with torch.no_grad():

@@ -14,9 +14,9 @@ from petseg.models.fusion import fold_batchnorm
 SMALL = {
     "unet": ("unet", {"widths": (8, 16, 32)}),
     "resnet34_unet": ("resnet34_unet", {"decoder_widths": (32, 16, 16, 8, 8)}),
-    "resnet34_unet-7x7-stem": (
+    "resnet34_unet-7x7-stem-relu": (  # the lab report's and smp's model
         "resnet34_unet",
-        {"decoder_widths": (32, 16, 16, 8, 8), "stem": "classic"},
+        {"decoder_widths": (32, 16, 16, 8, 8), "stem": "classic", "activation": "relu"},
     ),
 }
 TOLERANCE = 1e-4

@@ -301,22 +301,31 @@ def test_a_lean_decoder_is_stored_and_rebuilt_by_evaluate(tmp_path: Path) -> Non
     assert output.exists()
 
 
-def test_a_run_from_before_the_stem_argument_resumes_with_its_7x7_stem(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("version", "missing"),
+    [(1, {"stem": "classic", "activation": "relu"}), (2, {"activation": "relu"})],
+    ids=["before-stem", "before-activation"],
+)
+def test_a_run_from_before_an_argument_resumes_with_the_value_it_was_trained_with(
+    tmp_path: Path, version: int, missing: dict[str, str]
+) -> None:
     data = make_dataset(tmp_path / "pets")
     model_path = tmp_path / "old.pt"
     argv = train_args(
         data, model_path, "--model_type", "resnet34_unet", "--decoder_widths", "16,8,8,8,4"
     )
-    assert cli.main([*argv, "--stem", "classic"]) == 0
-    for path in (model_path, model_path.with_name("old.last.pt")):  # as a version-1 run saved it
+    trained_with = [arg for name, value in missing.items() for arg in (f"--{name}", value)]
+    assert cli.main([*argv, *trained_with]) == 0
+    for path in (model_path, model_path.with_name("old.last.pt")):  # as that version saved it
         checkpoint = load_checkpoint(path)
-        checkpoint["version"] = 1
-        del checkpoint["model_kwargs"]["stem"]
+        checkpoint["version"] = version
+        for name in missing:
+            del checkpoint["model_kwargs"][name]
         save_checkpoint(path, checkpoint)
-    assert cli.main([*argv, "--epochs", "2"]) == 0  # resumes, without --stem
+    assert cli.main([*argv, "--epochs", "2"]) == 0  # resumes, without the flags
     resumed = load_checkpoint(model_path.with_name("old.last.pt"))
     assert resumed["epoch"] == 2
-    assert resumed["model_kwargs"]["stem"] == "classic"
+    assert {name: resumed["model_kwargs"][name] for name in missing} == missing
 
 
 def test_deep_supervision_trains_saves_and_evaluates_through_the_cli(tmp_path: Path) -> None:

@@ -21,12 +21,13 @@ from petseg.models import MODELS, build_model
 
 CHECKPOINT_FORMAT = "petseg-checkpoint"
 # 2: the ResNet34-UNet's stem became an argument whose default is the deep stem
-CHECKPOINT_VERSION = 2
+# 3: its activation became an argument whose default is SiLU
+CHECKPOINT_VERSION = 3
 REQUIRED_KEYS = ("model_type", "model_kwargs", "state_dict", "image_size", "normalization")
-# Constructor arguments added with a new default: model type -> (the checkpoint version that
-# added them, their value before). An older checkpoint that lacks one was trained with that value.
-LEGACY_MODEL_KWARGS: dict[str, tuple[int, dict[str, Any]]] = {
-    "resnet34_unet": (2, {"stem": "classic"}),
+# Constructor arguments added with a new default: model type -> [(the checkpoint version that
+# added them, their value before)]. An older checkpoint that lacks one was trained with that value.
+LEGACY_MODEL_KWARGS: dict[str, list[tuple[int, dict[str, Any]]]] = {
+    "resnet34_unet": [(2, {"stem": "classic"}), (3, {"activation": "relu"})],
 }
 
 
@@ -110,9 +111,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def checkpoint_model_kwargs(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The model's constructor arguments, those an older checkpoint lacks filled in."""
     kwargs = dict(checkpoint["model_kwargs"])
-    since, before = LEGACY_MODEL_KWARGS.get(checkpoint["model_type"], (0, {}))
-    if int(checkpoint.get("version", 1)) < since:
-        kwargs = before | kwargs
+    version = int(checkpoint.get("version", 1))
+    for since, before in LEGACY_MODEL_KWARGS.get(checkpoint["model_type"], []):
+        if version < since:
+            kwargs = before | kwargs
     return kwargs
 
 
