@@ -7,8 +7,7 @@ encoder_weights=None) runs as model `smp` in the same process with the same sett
 ratio is printed. --unet_widths adds a UNet of those widths (the lighter CPU option) beside the
 default one; --decoder_widths adds a ResNet34-UNet with those decoder widths, --stem one with
 that encoder stem (--stem classic: the 7x7 one), --activation one with that activation, and
-each ResNet34-UNet row also prints its
-ratio to the default ResNet34-UNet in plain fp32. With
+each ResNet34-UNet row also prints its ratio to the default ResNet34-UNet in plain fp32. With
 onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting times the model as `petseg export` writes it (fp32, CPU provider, inference only) and prints its
 ratio to eager fp32 inference. The "petseg" setting (inference only) times the model as
 `petseg evaluate` and `predict` run it (BatchNorm folded, channels_last); every row also gets

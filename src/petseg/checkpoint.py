@@ -120,19 +120,24 @@ def checkpoint_model_kwargs(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 def model_from_checkpoint(checkpoint: dict[str, Any], path: Path | None = None) -> nn.Module:
     """Rebuild the architecture from the metadata and load the weights (strictly)."""
+    where = f"{path}: " if path else ""
+    failed = f"{where}cannot rebuild the {checkpoint['model_type']} model from it"
     try:
         model = build_model(checkpoint["model_type"], **checkpoint_model_kwargs(checkpoint))
-        reason = weights_mismatch(model.state_dict(), checkpoint["state_dict"])
-        if reason is None:
-            model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, TypeError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0][:200]
-    if reason is not None:
-        where = f"{path}: " if path else ""
-        raise PetsegError(
-            f"{where}cannot rebuild the {checkpoint['model_type']} model from it ({reason})"
-        )
+        raise PetsegError(f"{failed} ({_first_line(error)})") from None
+    state = checkpoint["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as error:
+        # torch's first line says only "Error(s) in loading state_dict"; name the tensors
+        mismatch = weights_mismatch(model.state_dict(), state) if isinstance(state, dict) else None
+        raise PetsegError(f"{failed} ({mismatch or _first_line(error)})") from None
     return model
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0][:200]
 
 
 def weights_mismatch(
