@@ -23,9 +23,12 @@ FILES = (("images", ".jpg"), ("annotations/trimaps", ".png"))
 
 
 def list_lines(path: Path) -> list[str]:
-    return [
-        line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
-    ]
+    """The lines of a split file that name an image (no blanks, no # comments)."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SystemExit(f"{path}: cannot read split file ({error.strerror})") from None
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def renumbered(name: str, round_: int) -> str:
