@@ -38,3 +38,12 @@ def test_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
     source = make_dataset(tmp_path / "pets")
     with pytest.raises(SystemExit, match="not empty"):
         full_size.make_full_size(source, source, trainval=30)
+
+
+def test_a_missing_split_file_is_named_and_nothing_is_written(tmp_path: Path) -> None:
+    source = make_dataset(tmp_path / "pets")
+    (source / "annotations" / "test.txt").unlink()
+    dest = tmp_path / "full"
+    with pytest.raises(SystemExit, match=r"test\.txt: cannot read split file"):
+        full_size.make_full_size(source, dest, trainval=30)
+    assert not dest.exists()
