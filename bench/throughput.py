@@ -10,7 +10,8 @@ that encoder stem (--stem classic: the 7x7 one), --activation one with that acti
 each ResNet34-UNet row also prints its ratio to the default ResNet34-UNet in plain fp32. With
 onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting times the model as `petseg export` writes it (fp32, CPU provider, inference only) and prints its
 ratio to eager fp32 inference. The "petseg" setting (inference only) times the model as
-`petseg evaluate` and `predict` run it (BatchNorm folded, channels_last); every row also gets
+`petseg evaluate` and `predict` run it (BatchNorm folded, channels_last) in fp32, "petseg+bf16"
+the same under bf16 autocast, which `--precision auto` picks on CPUs with AVX512-BF16; every row also gets
 its ratio to smp at smp's best plain-PyTorch setting. --repeats N runs every measurement in N
 interleaved rounds and prints medians, which the ratios use: single rounds swing by up to 20% on
 a shared machine.
@@ -48,12 +49,14 @@ SETTINGS = {
     "fp32+channels_last": {"channels_last": True, "bf16": False},
     "bf16+channels_last": {"channels_last": True, "bf16": True},
     "fp32+compile": {"channels_last": False, "bf16": False, "compile": True},
-    # inference only: the model as petseg predict and evaluate run it (BatchNorm folded, NHWC)
+    # inference only: the model as petseg predict and evaluate run it (BatchNorm folded, NHWC),
+    # in fp32, and in bf16 as `--precision auto` runs it on CPUs with native bf16
     "petseg": {"channels_last": True, "bf16": False, "inference_model": True},
+    "petseg+bf16": {"channels_last": True, "bf16": True, "inference_model": True},
     "petseg+compile": {"channels_last": True, "bf16": False, "inference_model": True,
                        "compile": True},
 }  # fmt: skip
-INFERENCE_ONLY = {"petseg", "petseg+compile"}
+INFERENCE_ONLY = {"petseg", "petseg+bf16", "petseg+compile"}
 # smp's best configuration is its best under plain PyTorch, without petseg's inference preparation
 SMP_OWN_SETTINGS = {"fp32", "fp32+channels_last", "bf16+channels_last", "fp32+compile"}
 ONNXRUNTIME = "onnxruntime"  # a setting of its own: the exported model under ONNX Runtime
