@@ -325,6 +325,11 @@ def torchrun_train(data: Path, model_path: Path, epochs: int) -> subprocess.Comp
             "cpu",
             "--dist_timeout",
             "60",
+            # fp32 whatever the CPU: the test compares training's validation with `evaluate`,
+            # which in bf16 (auto on AVX512-BF16) runs a BatchNorm-folded model that rounds
+            # differently (4e-4 in Dice here)
+            "--precision",
+            "fp32",
             "--model_path",
             str(model_path),
         ],
@@ -373,6 +378,8 @@ def test_torchrun_trains_matches_evaluate_and_resumes(subset: Path, tmp_path: Pa
                 str(output),
                 "--threshold",
                 "0.5",  # training validates at 0.5; rank 0 tunes the threshold afterwards
+                "--precision",
+                "fp32",
             ]
         )
         == 0
