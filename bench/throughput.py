@@ -11,8 +11,8 @@ each ResNet34-UNet row also prints its ratio to the default ResNet34-UNet in pla
 onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting times the model as `petseg export` writes it (fp32, CPU provider, inference only) and prints its
 ratio to eager fp32 inference. The "petseg" setting (inference only) times the model as
 `petseg evaluate` and `predict` run it (BatchNorm folded, channels_last) in fp32, "petseg+bf16"
-the same under bf16 autocast, which `--precision auto` picks on CPUs with AVX512-BF16; every row also gets
-its ratio to smp at smp's best plain-PyTorch setting. --repeats N runs every measurement in N
+the same under bf16 autocast, which `--precision auto` picks on CPUs with AVX512-BF16; every
+row also gets its ratio to smp at smp's best plain-PyTorch setting. --repeats N runs every measurement in N
 interleaved rounds and prints medians, which the ratios use: single rounds swing by up to 20% on
 a shared machine.
 
