@@ -8,13 +8,14 @@ ratio is printed. --unet_widths adds a UNet of those widths (the lighter CPU opt
 default one; --decoder_widths adds a ResNet34-UNet with those decoder widths, --stem one with
 that encoder stem (--stem classic: the 7x7 one), --activation one with that activation, and
 each ResNet34-UNet row also prints its ratio to the default ResNet34-UNet in plain fp32. With
-onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting times the model as `petseg export` writes it (fp32, CPU provider, inference only) and prints its
-ratio to eager fp32 inference. The "petseg" setting (inference only) times the model as
-`petseg evaluate` and `predict` run it (BatchNorm folded, channels_last) in fp32, "petseg+bf16"
-the same under bf16 autocast, which `--precision auto` picks on CPUs with AVX512-BF16; every
-row also gets its ratio to smp at smp's best plain-PyTorch setting. --repeats N runs every measurement in N
-interleaved rounds and prints medians, which the ratios use: single rounds swing by up to 20% on
-a shared machine.
+onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting times the model as
+`petseg export` writes it (fp32, CPU provider, inference only) and prints its ratio to eager
+fp32 inference. The "petseg" setting (inference only) times the model as `petseg evaluate` and
+`predict` run it (BatchNorm folded, channels_last) in fp32, "petseg+bf16" the same under bf16
+autocast, which `--precision auto` picks on CPUs with AVX512-BF16; every row also gets its ratio
+to smp at smp's best plain-PyTorch setting. --repeats N runs every measurement in N interleaved
+rounds and prints medians, which the ratios use: single rounds swing by up to 20% on a shared
+machine.
 
     python bench/throughput.py --image_size 256 --batch_size 4 --steps 5
     python bench/throughput.py --models resnet34_unet,smp --settings fp32,fp32+channels_last
