@@ -65,7 +65,8 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, A
     command = [
         "train", "--data_path", str(args.data_dir), "--model_type", args.model_type,
         "--image_size", str(args.image_size), "--epochs", str(args.epochs),
-        "--batch_size", str(args.batch_size), "--num_workers", str(args.num_workers),
+        "--batch_size", str(args.batch_size),
+        "--num_workers", "auto" if args.num_workers is None else str(args.num_workers),
         "--seed", str(seed), "--model_path", str(model_path),
         *recipe_flags(args.recipe, args.model_type), *args.train_flags,
     ]  # fmt: skip
@@ -149,7 +150,12 @@ def main() -> None:
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument(
+        "--num_workers",
+        type=lambda text: None if text == "auto" else int(text),
+        default=None,
+        help="a count or auto (default): petseg's own choice",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="how many seeds (0, 1, ...)")
     parser.add_argument("--first_seed", type=int, default=0)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="default")

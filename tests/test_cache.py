@@ -12,9 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+import petseg.train
 from petseg.cli import main
+from petseg.config import DEFAULT_NUM_WORKERS
 from petseg.data.cache import CACHE_FOLDER, DecodedImages, cached_images
-from petseg.data.loading import make_loader
+from petseg.data.loading import make_loader, resolve_num_workers
 from petseg.data.oxford_pet import OxfordPetDataset, read_split_names
 from petseg.data.transforms import eval_transform, train_resize_edge, train_transform
 from petseg.errors import PetsegError
@@ -265,6 +267,43 @@ def test_training_with_and_without_the_cache_gives_the_same_weights(data, tmp_pa
         assert torch.equal(b["state_dict"][key], tensor), key
     assert a["valid_scores"] == b["valid_scores"]
     assert a["config"]["data"]["cache"] and not b["config"]["data"]["cache"]
+
+
+def test_auto_workers_are_zero_only_for_a_cpu_reading_the_cache() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_num_workers(None, cpu, decoded=True) == 0
+    assert resolve_num_workers(None, cpu, decoded=False) == DEFAULT_NUM_WORKERS
+    assert resolve_num_workers(None, cuda, decoded=True) == DEFAULT_NUM_WORKERS
+    for requested in (0, 3):
+        for device in (cpu, cuda):
+            assert resolve_num_workers(requested, device, decoded=True) == requested
+
+
+@pytest.mark.parametrize(
+    ("extra", "workers", "said"),
+    [
+        ((), 0, True),
+        (("--no-cache",), DEFAULT_NUM_WORKERS, True),
+        (("--num_workers", "1"), 1, False),
+    ],
+)
+def test_cpu_training_loads_the_cache_in_the_main_process_unless_told(
+    data, tmp_path, monkeypatch, capsys, extra, workers, said
+) -> None:
+    used: list[int] = []
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["num_workers"])
+        return make_loader(*args, **kwargs)
+
+    monkeypatch.setattr(petseg.train, "make_loader", spy)
+    argv = train_argv(data, tmp_path / "m.pt", *extra)
+    at = argv.index("--num_workers")
+    del argv[at : at + 2]  # the helper's explicit 0
+    assert main(argv) == 0
+    assert used == [workers, workers]  # train and valid loaders
+    out = capsys.readouterr().out
+    assert (f"data loading: {workers} worker processes (--num_workers auto)" in out) == said
 
 
 def test_skip_bad_trains_from_a_cache_without_the_bad_sample(data, tmp_path, capsys) -> None:

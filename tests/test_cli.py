@@ -83,6 +83,21 @@ def test_invalid_numbers_are_usage_errors(flag: str, value: str, capsys) -> None
     assert flag.lstrip("-").replace("-", "_")[:5] in capsys.readouterr().err.replace("-", "_")
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["train"], ["evaluate", "--model_path", "m.pt"], ["predict", "--model_path", "m.pt"]],
+)
+def test_num_workers_takes_a_count_or_auto(command: list[str], capsys) -> None:
+    assert parse(*command)["num_workers"] is None  # auto
+    assert parse(*command, "--num_workers", "auto")["num_workers"] is None
+    assert parse(*command, "--num-workers", "3")["num_workers"] == 3
+    for bad in ("-1", "1.5", "two"):
+        with pytest.raises(SystemExit) as exit_info:
+            parse(*command, "--num_workers", bad)
+        assert exit_info.value.code == 2
+        assert f"whole number >= 0 or auto, got {bad}" in capsys.readouterr().err
+
+
 def test_train_defaults() -> None:
     args = parse("train")
     assert args["epochs"] >= 1 and args["batch_size"] >= 1

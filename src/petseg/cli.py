@@ -18,6 +18,7 @@ from petseg.config import (
     DEFAULT_AUGMENT,
     DEFAULT_DATA_PATH,
     DEFAULT_DECODER_WIDTHS,
+    DEFAULT_NUM_WORKERS,
     DEFAULT_STEM,
     DEFAULT_UNET_WIDTHS,
     STEMS,
@@ -71,6 +72,15 @@ def _gallery_size(text: str) -> int:
     if value > MAX_GALLERY:
         raise argparse.ArgumentTypeError(f"must be <= {MAX_GALLERY}, got {text}")
     return value
+
+
+def _workers(text: str) -> int | None:
+    """--num_workers: a count, or auto (None) for petseg.data.loading.resolve_num_workers."""
+    if text == "auto":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 or auto, got {text}")
+    return int(text)
 
 
 def _probability(text: str) -> float:
@@ -145,9 +155,11 @@ def _add_runtime_flags(
     _flag(
         parser,
         "num_workers",
-        type=non_negative_int,
-        default=DEFAULTS.data.num_workers,
-        help=f"data loading processes (default {DEFAULTS.data.num_workers})",
+        type=_workers,
+        default=None,
+        metavar="N",
+        help="data loading processes, or auto (the default): 0 when training on a CPU from the "
+        f"decoded-image cache, else {DEFAULT_NUM_WORKERS}",
     )
     _flag(
         parser,

@@ -23,13 +23,16 @@ DEFAULT_ACTIVATION = "silu"
 # measured on the sample (README, Accuracy): the lab's crop + flip raised the UNet's test Dice
 # after 20 epochs; scale/rotate/shift + colour jitter did no worse for the ResNet34-UNet.
 DEFAULT_AUGMENT: dict[str, str] = {"unet": "lab", "resnet34_unet": "strong"}
+# Data loading processes where --num_workers is not given, except a CPU run reading the
+# decoded-image cache, which loads in the main process (petseg.data.loading.resolve_num_workers).
+DEFAULT_NUM_WORKERS = 2
 
 
 @dataclass(frozen=True)
 class DataConfig:
     data_path: Path = DEFAULT_DATA_PATH
     image_size: int = 256
-    num_workers: int = 2
+    num_workers: int | None = None  # None: resolve_num_workers chooses
     mirror: str | None = None  # base URL to download the archives from instead of Oxford's
     skip_bad: bool = False  # leave unusable samples out instead of stopping
     cache: bool = True  # read train/valid from the decoded-image cache (petseg.data.cache)
@@ -88,7 +91,10 @@ class TrainConfig:
                 self.data.image_size >= 32,
                 f"--image_size must be at least 32, got {self.data.image_size}",
             ),
-            (self.data.num_workers >= 0, "--num_workers cannot be negative"),
+            (
+                self.data.num_workers is None or self.data.num_workers >= 0,
+                "--num_workers cannot be negative",
+            ),
             (
                 self.recipe.weight_decay >= 0,
                 f"--weight_decay cannot be negative, got {self.recipe.weight_decay}",

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from petseg import postprocess
 from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
 from petseg.data.check import checked_names
-from petseg.data.loading import ensure_dataset, make_loader
+from petseg.data.loading import ensure_dataset, make_loader, resolve_num_workers
 from petseg.data.oxford_pet import OxfordPetDataset, Split, breed_of, load_mask, species_of
 from petseg.data.transforms import eval_transform
 from petseg.errors import PetsegError
@@ -153,7 +153,7 @@ def evaluate_checkpoint(
     *,
     split: Split = "test",
     batch_size: int = 16,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     device_name: str = "auto",
     mirror: str | None = None,
     output: Path | None = None,
@@ -194,7 +194,8 @@ def evaluate_checkpoint(
         names=checked_names(data_path, split, skip_bad),
         with_border=True,
     )
-    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, device=device)
+    workers = resolve_num_workers(num_workers, device, decoded=False)
+    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=workers, device=device)
     if threshold is None:
         threshold = float(checkpoint.get("threshold", 0.5))
     precision = resolve_precision(precision, device)

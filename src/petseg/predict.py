@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from petseg import postprocess
 from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
-from petseg.data.loading import ensure_dataset, make_loader
+from petseg.data.loading import ensure_dataset, make_loader, resolve_num_workers
 from petseg.data.oxford_pet import DECODE_ERRORS, Split, load_rgb, read_split_names
 from petseg.data.transforms import PairTransform, eval_transform
 from petseg.errors import PetsegError
@@ -247,7 +247,7 @@ def predict_masks(
     data_path: Path | None = None,
     split: Split = "test",
     batch_size: int = 16,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     device_name: str = "auto",
     threshold: float | None = None,
     mirror: str | None = None,
@@ -302,7 +302,7 @@ def predict_masks(
         dataset,
         batch_size,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=resolve_num_workers(num_workers, predictor.device, decoded=False),
         device=predictor.device,
         collate_fn=_collate,
     )

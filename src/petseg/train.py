@@ -44,7 +44,7 @@ from petseg.config import (
 )
 from petseg.data.cache import cached_images
 from petseg.data.check import checked_names
-from petseg.data.loading import SkipFirst, ensure_dataset, make_loader
+from petseg.data.loading import SkipFirst, ensure_dataset, make_loader, resolve_num_workers
 from petseg.data.oxford_pet import OxfordPetDataset, Split
 from petseg.data.transforms import (
     IMAGENET_MEAN,
@@ -252,11 +252,14 @@ def fit(
     if order is None:
         order = RandomSampler(train_set, generator=generator)
     sampler = SkipFirst(order)
+    workers = resolve_num_workers(
+        config.data.num_workers, device, decoded=train_set.decoded is not None
+    )
     train_loader = make_loader(
         train_set,
         config.batch_size,
         shuffle=False,
-        num_workers=config.data.num_workers,
+        num_workers=workers,
         device=device,
         generator=generator,
         drop_last=len(order) > config.batch_size,
@@ -266,7 +269,9 @@ def fit(
         valid_set,
         config.batch_size,
         shuffle=False,
-        num_workers=config.data.num_workers,
+        num_workers=resolve_num_workers(
+            config.data.num_workers, device, decoded=valid_set.decoded is not None
+        ),
         device=device,
         sampler=distributed.valid_sampler(valid_set, world),
     )
@@ -299,6 +304,8 @@ def fit(
         f"parameters) on {device.type} in {precision} at {size}x{size}: {len(train_set)} train / "
         f"{len(valid_set)} valid images, epochs {state.start_epoch + 1}..{config.epochs}"
     )
+    if config.data.num_workers is None:
+        print(f"data loading: {workers} worker processes (--num_workers auto)")
     print(f"recipe: {describe_recipe(config)}")
     if world.distributed:
         print(
