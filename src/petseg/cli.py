@@ -62,7 +62,6 @@ def _number(kind: Callable[[str], Any], minimum: float, strict: bool = False) ->
 
 
 positive_int = _number(int, 1)
-non_negative_int = _number(int, 0)
 positive_float = _number(float, 0.0, strict=True)
 MAX_GALLERY = 100  # rows of one contact sheet; more would exceed what a PNG viewer shows well
 

@@ -46,9 +46,10 @@ def resolve_num_workers(requested: int | None, device: torch.device, *, decoded:
     reading the decoded-image cache and DEFAULT_NUM_WORKERS otherwise.
 
     From the cache a worker only crops, flips and normalizes small arrays, so on a CPU the
-    processes take cores from the model instead of hiding work: on 2 cores with bf16, `petseg
-    train` ran at 102% of the model-only rate with 0 workers and 83-87% with 2 (README, Speed).
-    A GPU, or a loader that decodes JPEGs, gains from workers running beside the model.
+    processes take cores from the model instead of hiding work: on 2 cores, `petseg train` ran
+    1.31x as fast with 0 workers as with 2 in bf16 and 1.22x in fp32 (bench/epoch.py, README).
+    A GPU, or a loader that decodes JPEGs, keeps the workers, which decode beside the model
+    where there are cores to spare (on those 2 cores 0 workers was still faster, by less).
     """
     if requested is not None:
         return requested
