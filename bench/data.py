@@ -15,7 +15,7 @@ from pathlib import Path
 
 from petseg.data.cache import cached_images
 from petseg.data.oxford_pet import OxfordPetDataset, read_split_names
-from petseg.data.transforms import train_resize_edge, train_transform
+from petseg.data.transforms import AUGMENTS, train_resize_edge, train_transform
 
 
 def main() -> None:
@@ -23,18 +23,25 @@ def main() -> None:
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--passes", type=int, default=2, help="epochs over the train split")
+    parser.add_argument("--augment", choices=AUGMENTS, default="strong")
     args = parser.parse_args()
 
     names = read_split_names(args.data_dir, "train")
     decoded = cached_images(
-        args.data_dir, "train", names, train_resize_edge(args.image_size), report=False
+        args.data_dir,
+        "train",
+        names,
+        train_resize_edge(args.image_size, args.augment),
+        report=False,
     )
     datasets = {
-        "decode": OxfordPetDataset(args.data_dir, "train", train_transform(args.image_size)),
+        "decode": OxfordPetDataset(
+            args.data_dir, "train", train_transform(args.image_size, augment=args.augment)
+        ),
         "cache": OxfordPetDataset(
             args.data_dir,
             "train",
-            train_transform(args.image_size, resized_input=True),
+            train_transform(args.image_size, augment=args.augment, resized_input=True),
             decoded=decoded,
         ),
     }

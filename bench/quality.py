@@ -35,16 +35,16 @@ from petseg.cli import main as petseg_main
 from petseg.evaluate import evaluate_checkpoint
 
 # Recipes by name, as `petseg train` flags. plain: the issue's reference (BCE, Adam, OneCycle
-# 1e-3, the lab's crop and flip); lab: the lab report's constant Adam 1e-4.
+# 1e-3, batch 16, the lab's crop and flip); lab: the lab report's constant Adam 1e-4.
 RECIPES: dict[str, list[str]] = {
     "default": [],
     "plain": [
         "--loss", "bce", "--optimizer", "adam", "--weight_decay", "0", "--scheduler", "onecycle",
-        "--learning-rate", "1e-3", "--augment", "lab",
+        "--learning-rate", "1e-3", "--augment", "lab", "--batch_size", "16",
     ],
     "lab": [
         "--loss", "bce", "--optimizer", "adam", "--weight_decay", "0", "--scheduler", "constant",
-        "--learning-rate", "1e-4", "--augment", "lab",
+        "--learning-rate", "1e-4", "--augment", "lab", "--batch_size", "16",
     ],
 }  # fmt: skip
 # The references' model: the lab report's ResNet34-UNet, like smp's, has the 7x7 stem and ReLU.
@@ -65,10 +65,11 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, A
     command = [
         "train", "--data_path", str(args.data_dir), "--model_type", args.model_type,
         "--image_size", str(args.image_size), "--epochs", str(args.epochs),
-        "--batch_size", str(args.batch_size),
         "--num_workers", "auto" if args.num_workers is None else str(args.num_workers),
         "--seed", str(seed), "--model_path", str(model_path),
-        *recipe_flags(args.recipe, args.model_type), *args.train_flags,
+        *recipe_flags(args.recipe, args.model_type),
+        *([] if args.batch_size is None else ["--batch_size", str(args.batch_size)]),
+        *args.train_flags,
     ]  # fmt: skip
     started = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON lines
@@ -149,7 +150,9 @@ def main() -> None:
     parser.add_argument("--model_type", default="resnet34_unet")
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument(
+        "--batch_size", type=int, default=None, help="default: the recipe's, else petseg's"
+    )
     parser.add_argument(
         "--num_workers",
         type=lambda text: None if text == "auto" else int(text),

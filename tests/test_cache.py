@@ -22,7 +22,7 @@ from petseg.data.transforms import eval_transform, train_resize_edge, train_tran
 from petseg.errors import PetsegError
 
 SIZE = 32
-EDGE = train_resize_edge(SIZE)  # 36
+EDGE = train_resize_edge(SIZE, "lab")  # 36: the UNet's default, and it crops
 TRAINVAL = [f"Breed_{index}" for index in range(1, 21)]  # 18 train, 2 valid
 TEST = ["Other_1", "Other_2"]
 
@@ -56,13 +56,15 @@ def cache_of(root: Path, split: str = "train", edge: int = EDGE, **kwargs) -> De
     return decoded
 
 
-def datasets(root: Path, split: str, **kwargs) -> tuple[OxfordPetDataset, OxfordPetDataset]:
+def datasets(
+    root: Path, split: str, augment: str = "lab", **kwargs
+) -> tuple[OxfordPetDataset, OxfordPetDataset]:
     """The split decoded from the files and read from the cache, with matching transforms."""
     if split == "train":
         plain, resized, edge = (
-            train_transform(SIZE),
-            train_transform(SIZE, resized_input=True),
-            EDGE,
+            train_transform(SIZE, augment=augment),
+            train_transform(SIZE, augment=augment, resized_input=True),
+            train_resize_edge(SIZE, augment),
         )
     else:
         plain, resized, edge = eval_transform(SIZE), eval_transform(SIZE, resized_input=True), SIZE
@@ -80,9 +82,13 @@ def assert_same_items(first: OxfordPetDataset, second: OxfordPetDataset) -> None
             assert torch.equal(a, b), index
 
 
-@pytest.mark.parametrize("split", ["train", "valid"])
-def test_cached_items_equal_decoded_items_for_the_same_augmentation_seed(data, split) -> None:
-    plain, cached = datasets(data, split)
+@pytest.mark.parametrize(
+    ("split", "augment"), [("train", "lab"), ("train", "strong"), ("valid", "lab")]
+)
+def test_cached_items_equal_decoded_items_for_the_same_augmentation_seed(
+    data, split, augment
+) -> None:
+    plain, cached = datasets(data, split, augment)
     for seed in (0, 12345):
         plain.set_augment_seed(seed)
         cached.set_augment_seed(seed)
@@ -192,7 +198,7 @@ def test_a_damaged_cache_is_rebuilt_not_used(data, capsys, file, damage, reason)
     if reason:
         assert reason in err and "rebuilding" in err
     cached = OxfordPetDataset(
-        data, "train", train_transform(SIZE, resized_input=True), decoded=decoded
+        data, "train", train_transform(SIZE, augment="lab", resized_input=True), decoded=decoded
     )
     plain.set_augment_seed(3)
     cached.set_augment_seed(3)
@@ -252,14 +258,18 @@ def train_argv(data: Path, model_path: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_training_with_and_without_the_cache_gives_the_same_weights(data, tmp_path) -> None:
+@pytest.mark.parametrize(("augment", "edge"), [("lab", EDGE), ("strong", SIZE)])
+def test_training_with_and_without_the_cache_gives_the_same_weights(
+    data, tmp_path, augment, edge
+) -> None:
     cached, plain = tmp_path / "cached.pt", tmp_path / "plain.pt"
-    assert main(train_argv(data, cached, "--cache_dir", str(tmp_path / "c"))) == 0
-    assert main(train_argv(data, plain, "--no-cache")) == 0
-    assert sorted(path.name for path in (tmp_path / "c").iterdir()) == [
-        f"train-{EDGE}px",
-        f"valid-{SIZE}px",
-    ]
+    level = ("--augment", augment)
+    assert main(train_argv(data, cached, *level, "--cache_dir", str(tmp_path / "c"))) == 0
+    assert main(train_argv(data, plain, *level, "--no-cache")) == 0
+    # the strong level zooms by its own random scale, so its cache holds images at the size
+    assert sorted(path.name for path in (tmp_path / "c").iterdir()) == sorted(
+        {f"train-{edge}px", f"valid-{SIZE}px"}
+    )
     assert not (data / CACHE_FOLDER).exists()
     a = torch.load(cached, weights_only=True)
     b = torch.load(plain, weights_only=True)

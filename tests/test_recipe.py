@@ -17,8 +17,14 @@ import petseg.evaluate
 import petseg.predict
 import petseg.train
 from petseg import cli
-from petseg.checkpoint import history_path, load_checkpoint, make_checkpoint, save_checkpoint
-from petseg.config import RecipeConfig, resolve_recipe
+from petseg.checkpoint import (
+    history_path,
+    last_checkpoint_path,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+)
+from petseg.config import RecipeConfig, resolve_batch_size, resolve_recipe
 from petseg.data.oxford_pet import OxfordPetDataset
 from petseg.data.transforms import (
     AUGMENTS,
@@ -96,6 +102,33 @@ def test_training_uses_and_records_the_model_types_augmentation(
         assert cli.main(train_args(data, model_path, *extra)) == 0
         assert levels[-1] == expected
         assert load_checkpoint(model_path)["config"]["recipe"]["augment"] == expected
+
+
+def test_the_batch_size_default_depends_on_the_model_type_and_a_choice_wins() -> None:
+    assert resolve_batch_size(None, "unet") == 16
+    assert resolve_batch_size(None, "resnet34_unet") == 8
+    assert resolve_batch_size(4, "resnet34_unet") == 4
+
+
+def test_training_records_the_model_types_batch_size_and_a_resume_keeps_its_own(
+    tmp_path: Path, capsys
+) -> None:
+    data = make_dataset(tmp_path / "pets")  # 18 training images
+
+    def batch_size(model_path: Path, *flags: str) -> int:
+        argv = ["train", "--data_path", str(data), "--model_path", str(model_path), *flags]
+        assert cli.main([*argv, "--image_size", "32", "--num_workers", "0"]) == 0
+        return load_checkpoint(last_checkpoint_path(model_path))["config"]["batch_size"]
+
+    r34 = ("--model_type", "resnet34_unet", "--decoder_widths", "16,16,8,8,8", "--epochs", "1")
+    assert batch_size(tmp_path / "r34.pt", *r34) == 8
+    assert "strong augmentation, batch 8" in capsys.readouterr().out
+    unet = ("--model_type", "unet", "--unet_widths", "4,8", "--epochs", "1")
+    assert batch_size(tmp_path / "unet.pt", *unet) == 16
+    # a run resumes with the batch size it started with, unless one is given
+    assert batch_size(tmp_path / "four.pt", *r34, "--batch_size", "4") == 4
+    assert batch_size(tmp_path / "four.pt", "--epochs", "2") == 4
+    assert batch_size(tmp_path / "four.pt", "--epochs", "3", "--batch_size", "6") == 6
 
 
 def test_a_negative_weight_decay_is_a_usage_error(capsys) -> None:

@@ -16,11 +16,13 @@ from petseg.config import (
     ACTIVATIONS,
     DEFAULT_ACTIVATION,
     DEFAULT_AUGMENT,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_DATA_PATH,
     DEFAULT_DECODER_WIDTHS,
     DEFAULT_NUM_WORKERS,
     DEFAULT_STEM,
     DEFAULT_UNET_WIDTHS,
+    INFERENCE_BATCH_SIZE,
     STEMS,
     DataConfig,
     RecipeConfig,
@@ -142,15 +144,9 @@ def _add_tta_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_runtime_flags(
-    parser: argparse.ArgumentParser, batch_size: int, batch_help: str = "images per batch"
+    parser: argparse.ArgumentParser, batch_size: int | None, batch_help: str
 ) -> None:
-    _flag(
-        parser,
-        "batch_size",
-        type=positive_int,
-        default=batch_size,
-        help=f"{batch_help} (default {batch_size})",
-    )
+    _flag(parser, "batch_size", type=positive_int, default=batch_size, help=batch_help)
     _flag(
         parser,
         "num_workers",
@@ -304,7 +300,8 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         "augment",
         choices=AUGMENTS,
         default=RECIPE.augment,
-        help="lab: random crop and flip; strong: also scale, rotation, shift and colour jitter "
+        help="lab: the lab report's resize to 1.12x, random crop and flip; strong: the whole "
+        "image, flipped, randomly scaled, rotated and shifted, and colour jitter "
         "(default: "
         + ", ".join(f"{level} for {model}" for model, level in DEFAULT_AUGMENT.items())
         + ")",
@@ -450,8 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_flags(train)
     _add_runtime_flags(
         train,
-        DEFAULTS.batch_size,
-        "images per batch and process: under torchrun each step uses batch_size x processes",
+        None,
+        "images per batch and process: under torchrun each step uses batch_size x processes "
+        "(default: "
+        + ", ".join(f"{size} for {model}" for model, size in DEFAULT_BATCH_SIZE.items())
+        + ")",
     )
     _add_distributed_flags(train)
 
@@ -507,7 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_compile_flag(evaluate, "inference")
     _add_skip_bad_flag(evaluate)
-    _add_runtime_flags(evaluate, DEFAULTS.batch_size)
+    _add_runtime_flags(
+        evaluate, INFERENCE_BATCH_SIZE, f"images per batch (default {INFERENCE_BATCH_SIZE})"
+    )
 
     predict = commands.add_parser(
         "predict",
@@ -582,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="optional: checked against the checkpoint's",
     )
     _add_compile_flag(predict, "inference")
-    _add_runtime_flags(predict, DEFAULTS.batch_size)
+    _add_runtime_flags(
+        predict, INFERENCE_BATCH_SIZE, f"images per batch (default {INFERENCE_BATCH_SIZE})"
+    )
 
     export = commands.add_parser(
         "export",

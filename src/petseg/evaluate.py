@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from petseg import postprocess
 from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
+from petseg.config import INFERENCE_BATCH_SIZE
 from petseg.data.check import checked_names
 from petseg.data.loading import ensure_dataset, make_loader, resolve_num_workers
 from petseg.data.oxford_pet import OxfordPetDataset, Split, breed_of, load_mask, species_of
@@ -152,7 +153,7 @@ def evaluate_checkpoint(
     data_path: Path,
     *,
     split: Split = "test",
-    batch_size: int = 16,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     num_workers: int | None = None,
     device_name: str = "auto",
     mirror: str | None = None,

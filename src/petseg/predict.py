@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from petseg import postprocess
 from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
+from petseg.config import INFERENCE_BATCH_SIZE
 from petseg.data.loading import ensure_dataset, make_loader, resolve_num_workers
 from petseg.data.oxford_pet import DECODE_ERRORS, Split, load_rgb, read_split_names
 from petseg.data.transforms import PairTransform, eval_transform
@@ -246,7 +247,7 @@ def predict_masks(
     inputs: Sequence[Path] = (),
     data_path: Path | None = None,
     split: Split = "test",
-    batch_size: int = 16,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     num_workers: int | None = None,
     device_name: str = "auto",
     threshold: float | None = None,

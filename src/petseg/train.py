@@ -39,6 +39,7 @@ from petseg.config import (
     ModelConfig,
     RecipeConfig,
     TrainConfig,
+    resolve_batch_size,
     resolve_recipe,
     to_plain,
 )
@@ -115,6 +116,7 @@ class TrainState:
     history: list[dict[str, Any]]
     partial: EpochProgress = field(default_factory=EpochProgress)  # steps into the next epoch
     grad_scaler: dict[str, Any] | None = None  # fp16's loss scale, when the run used one
+    batch_size: int | None = None  # the resumed run's, kept where --batch_size is not given
 
 
 def train_one_epoch(
@@ -225,10 +227,12 @@ def fit(
     ensure_dataset(config.data.data_path, config.data.mirror)
     state = restore_or_start(config, device, model_type_given=model_type_given)
     distributed.check_same_start(world, state.start_epoch, config.model_path)
+    model_type = state.model_config.model_type
     config = replace(  # a resumed run keeps its architecture
         config,
         model=state.model_config,
-        recipe=resolve_recipe(config.recipe, state.model_config.model_type),
+        recipe=resolve_recipe(config.recipe, model_type),
+        batch_size=resolve_batch_size(config.batch_size or state.batch_size, model_type),
     )
     if state.start_epoch >= config.epochs:
         print(
@@ -445,7 +449,7 @@ def split_dataset(
     training = split == "train"
     decoded = None
     if data.cache:
-        edge = train_resize_edge(data.image_size) if training else data.image_size
+        edge = train_resize_edge(data.image_size, augment) if training else data.image_size
         cache = functools.partial(
             cached_images, data.data_path, split, names, edge, cache_dir=data.cache_dir
         )
@@ -517,6 +521,7 @@ def restore_or_start(
         history,
         partial,
         resume.get("grad_scaler"),
+        resume.get("config", {}).get("batch_size"),
     )
 
 
