@@ -106,8 +106,8 @@ def test_training_uses_and_records_the_model_types_augmentation(
 
 def test_the_batch_size_default_depends_on_the_model_type_and_a_choice_wins() -> None:
     assert resolve_batch_size(None, "unet") == 16
-    assert resolve_batch_size(None, "resnet34_unet") == 8
-    assert resolve_batch_size(4, "resnet34_unet") == 4
+    assert resolve_batch_size(None, "resnet34_unet") == 4
+    assert resolve_batch_size(6, "resnet34_unet") == 6
 
 
 def test_training_records_the_model_types_batch_size_and_a_resume_keeps_its_own(
@@ -121,14 +121,14 @@ def test_training_records_the_model_types_batch_size_and_a_resume_keeps_its_own(
         return load_checkpoint(last_checkpoint_path(model_path))["config"]["batch_size"]
 
     r34 = ("--model_type", "resnet34_unet", "--decoder_widths", "16,16,8,8,8", "--epochs", "1")
-    assert batch_size(tmp_path / "r34.pt", *r34) == 8
-    assert "strong augmentation, batch 8" in capsys.readouterr().out
+    assert batch_size(tmp_path / "r34.pt", *r34) == 4
+    assert "strong augmentation, batch 4" in capsys.readouterr().out
     unet = ("--model_type", "unet", "--unet_widths", "4,8", "--epochs", "1")
     assert batch_size(tmp_path / "unet.pt", *unet) == 16
     # a run resumes with the batch size it started with, unless one is given
-    assert batch_size(tmp_path / "four.pt", *r34, "--batch_size", "4") == 4
-    assert batch_size(tmp_path / "four.pt", "--epochs", "2") == 4
-    assert batch_size(tmp_path / "four.pt", "--epochs", "3", "--batch_size", "6") == 6
+    assert batch_size(tmp_path / "six.pt", *r34, "--batch_size", "6") == 6
+    assert batch_size(tmp_path / "six.pt", "--epochs", "2") == 6
+    assert batch_size(tmp_path / "six.pt", "--epochs", "3", "--batch_size", "3") == 3
 
 
 def test_a_negative_weight_decay_is_a_usage_error(capsys) -> None:
