@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -323,3 +324,61 @@ def test_deep_supervision_adds_auxiliary_outputs_in_training_only() -> None:
     with torch.no_grad():
         assert torch.equal(model(images), plain(images))  # eval: the main head alone
     assert isinstance(plain.train()(images), torch.Tensor)  # without it: logits alone
+
+
+def test_drop_path_rates_rise_linearly_from_the_first_block_to_the_last() -> None:
+    encoder = ResNetEncoder(drop_path=0.3)
+    rates = [block.drop_path for stage in encoder.stages for block in stage]
+    assert len(rates) == 16  # ResNet34: 3 + 4 + 6 + 3 blocks
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3)
+    steps = [b - a for a, b in itertools.pairwise(rates)]
+    assert all(step == pytest.approx(0.02) for step in steps)
+
+
+def test_drop_path_skips_whole_residual_branches_in_training_only() -> None:
+    import copy
+
+    from petseg.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    block = BasicBlock(8, 8, drop_path=0.5)
+    nn.init.constant_(block.bn2.bias, 1.0)  # a residual branch that is never zero
+    x = torch.randn(64, 8, 4, 4)
+    with torch.no_grad():
+        trained = block.train()(x)
+        shortcut_only = torch.relu(x)  # a dropped branch leaves act(x + 0)
+        dropped = [torch.equal(trained[i], shortcut_only[i]) for i in range(len(x))]
+        assert 16 < sum(dropped) < 48  # about half of the 64 images, each whole or not at all
+        without = copy.deepcopy(block)
+        without.drop_path = 0.0
+        # the kept branches are scaled by 1 / (1 - 0.5); training-mode BatchNorm uses the
+        # batch's statistics, so the branch is the same with or without dropping
+        twin = copy.deepcopy(without)  # its BatchNorm's running statistics move here
+        branch = twin.bn2(twin.conv2(twin.act(twin.bn1(twin.conv1(x)))))
+        kept = [i for i in range(len(x)) if not dropped[i]]
+        assert torch.allclose(trained[kept], torch.relu(x + 2 * branch)[kept], atol=1e-5)
+        # eval mode: no dropping and no rescaling, the same output as without drop path
+        assert torch.equal(block.eval()(x), without.eval()(x))
+        assert not torch.equal(block(x), shortcut_only)
+
+
+def test_drop_path_keeps_the_parameters_and_the_eval_outputs() -> None:
+    models = []
+    for rate in (0.0, 0.2):
+        torch.manual_seed(0)
+        models.append(ResNet34UNet(decoder_widths=(16, 8, 8, 8, 8), drop_path=rate).eval())
+    plain, dropped = models
+    assert plain.state_dict().keys() == dropped.state_dict().keys()
+    for (name, a), (_, b) in zip(
+        plain.state_dict().items(), dropped.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(plain(images), dropped(images))
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0])
+def test_a_drop_path_outside_zero_to_one_is_refused(rate: float) -> None:
+    with pytest.raises(ValueError, match="drop_path must be in"):
+        ResNetEncoder(drop_path=rate)

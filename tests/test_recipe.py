@@ -382,3 +382,38 @@ def test_deep_supervision_on_the_unet_is_a_usage_error(tmp_path: Path, capsys) -
     fails_with(capsys, train_args(data, tmp_path / "u.pt", "--deep_supervision"),
                "--deep_supervision", "resnet34_unet only")  # fmt: skip
     assert not (tmp_path / "u.pt").exists()
+
+
+def test_drop_path_reaches_the_model_kwargs_only_when_set(monkeypatch, tmp_path: Path) -> None:
+    resnet = ("--model_type", "resnet34_unet")
+    for spelling in ("--drop_path", "--drop-path"):
+        chosen = _model_config(monkeypatch, tmp_path, *resnet, spelling, "0.1")
+        assert chosen.kwargs["drop_path"] == 0.1
+    for flags in ([], ["--drop_path", "0"]):  # off: checkpoints as before the flag
+        assert "drop_path" not in _model_config(monkeypatch, tmp_path, *resnet, *flags).kwargs
+
+
+def test_drop_path_is_stored_in_the_checkpoint_and_rebuilt_by_evaluate(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "pets")
+    model_path = tmp_path / "dp.pt"
+    argv = train_args(data, model_path, "--drop_path", "0.2")
+    argv[argv.index("unet")] = "resnet34_unet"
+    argv[argv.index("--unet_widths") : argv.index("--unet_widths") + 2] = [
+        "--decoder_widths", "16,16,8,8,8",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    assert load_checkpoint(model_path)["model_kwargs"]["drop_path"] == 0.2
+    scores = evaluate_checkpoint(model_path, data, split="test", num_workers=0)
+    assert 0.0 <= scores["dice"] <= 1.0
+
+
+def test_drop_path_on_the_unet_or_out_of_range_is_refused(tmp_path: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "pets")
+    fails_with(capsys, train_args(data, tmp_path / "u.pt", "--drop_path", "0.1"),
+               "--drop_path", "resnet34_unet only")  # fmt: skip
+    assert not (tmp_path / "u.pt").exists()
+    for bad in ("1", "-0.1", "x"):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["train", "--model_type", "resnet34_unet", "--drop_path", bad])
+        assert info.value.code == 2
+        assert "--drop_path" in capsys.readouterr().err

@@ -94,6 +94,16 @@ def _probability(text: str) -> float:
     return value
 
 
+def _drop_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid float") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 and < 1, got {text}")
+    return value
+
+
 def _widths(text: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(part) for part in text.split(","))
@@ -433,6 +443,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="resnet34_unet activation, in the encoder and the decoder: relu (as in torchvision "
         f"and smp) or silu (default {DEFAULT_ACTIVATION})",
     )
+    _flag(
+        train,
+        "drop_path",
+        type=_drop_rate,
+        default=None,
+        metavar="RATE",
+        help="resnet34_unet: stochastic depth in the encoder, the probability of skipping the "
+        "last residual block's branch per image in training (0 at the first block, linear in "
+        "between; default 0, off)",
+    )
     train.add_argument(
         "--deep_supervision",
         "--deep-supervision",
@@ -651,13 +671,15 @@ def _model_kwargs(
     deep_supervision: bool = False,
     stem: str | None = None,
     activation: str | None = None,
+    drop_path: float | None = None,
 ) -> dict[str, Any]:
     """Constructor arguments for the chosen model from the architecture flags."""
     if model_type == "unet":
         for given, flag in ((decoder_widths is not None, "--decoder_widths"),
                             (deep_supervision, "--deep_supervision"),
                             (stem is not None, "--stem"),
-                            (activation is not None, "--activation")):  # fmt: skip
+                            (activation is not None, "--activation"),
+                            (drop_path is not None, "--drop_path")):  # fmt: skip
             if given:
                 raise PetsegError(f"{flag} applies to --model_type resnet34_unet only")
         return {"widths": list(unet_widths)}
@@ -668,13 +690,17 @@ def _model_kwargs(
             f"got {len(widths)}: {','.join(map(str, widths))}"
         )
     # the stem and the activation always (older checkpoints, which lack them, had the 7x7
-    # stem or ReLU, see petseg.checkpoint.LEGACY_MODEL_KWARGS); deep supervision only when
-    # set, so checkpoints without it load as before
-    return {
-        "decoder_widths": list(widths),
-        "stem": stem or DEFAULT_STEM,
-        "activation": activation or DEFAULT_ACTIVATION,
-    } | ({"deep_supervision": True} if deep_supervision else {})
+    # stem or ReLU, see petseg.checkpoint.LEGACY_MODEL_KWARGS); deep supervision and drop
+    # path only when set, so checkpoints without them load as before
+    return (
+        {
+            "decoder_widths": list(widths),
+            "stem": stem or DEFAULT_STEM,
+            "activation": activation or DEFAULT_ACTIVATION,
+        }
+        | ({"deep_supervision": True} if deep_supervision else {})
+        | ({"drop_path": drop_path} if drop_path else {})
+    )
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -690,6 +716,7 @@ def run_train(args: argparse.Namespace) -> None:
         args.deep_supervision,
         args.stem,
         args.activation,
+        args.drop_path,
     )
     config = TrainConfig(
         data=DataConfig(

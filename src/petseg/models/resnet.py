@@ -12,15 +12,28 @@ from petseg.models.blocks import make_activation
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs with a residual connection; a 1x1 projection when the shape changes."""
+    """Two 3x3 convs with a residual connection; a 1x1 projection when the shape changes.
+
+    drop_path: in training, the residual branch of each sample is dropped with this probability
+    and the kept ones scaled by 1 / (1 - drop_path), so the block passes only its shortcut
+    for that sample (stochastic depth, Huang et al. 2016); no effect in eval mode.
+    """
 
     # conv -> BatchNorm pairs that petseg.models.fusion.fold_batchnorm folds for inference
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int = 1, activation: str = "relu"
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        activation: str = "relu",
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
+        self.drop_path = drop_path
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
@@ -36,6 +49,9 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.training and self.drop_path > 0:
+            keep = 1.0 - self.drop_path
+            out = out * out.new_empty((out.shape[0], 1, 1, 1)).bernoulli_(keep) / keep
         return self.act(out + self.downsample(x))
 
 
@@ -66,11 +82,22 @@ def make_stem(
     return nn.Sequential(*layers)
 
 
+def drop_path_rates(last: float, blocks: int) -> list[float]:
+    """Stochastic-depth rates of `blocks` residual blocks: 0 for the first, `last` for the last,
+    linear in between."""
+    if blocks == 1:
+        return [last]
+    return [last * index / (blocks - 1) for index in range(blocks)]
+
+
 class ResNetEncoder(nn.Module):
     """A stem at stride 2 (make_stem), 3x3 max-pool, then BasicBlock stages.
 
     forward returns features from high to low resolution: the stem at 1/2, then each stage
     (1/4, 1/8, 1/16, 1/32 for four stages); ``out_channels`` lists their channel counts.
+
+    drop_path: the stochastic-depth rate of the last block; the rates rise linearly from 0 at
+    the first block to it over the blocks in order (the linear decay rule of Huang et al. 2016).
     """
 
     def __init__(
@@ -80,31 +107,36 @@ class ResNetEncoder(nn.Module):
         widths: Sequence[int] = (64, 128, 256, 512),
         stem: str = DEFAULT_STEM,
         activation: str = DEFAULT_ACTIVATION,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         if len(layers) != len(widths):
             raise ValueError(f"layers {tuple(layers)} and widths {tuple(widths)} differ in length")
         self.stem = make_stem(in_channels, widths[0], stem, activation)
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        rates = iter(drop_path_rates(drop_path, sum(layers)))
         stages = []
         in_width = widths[0]
         for index, (blocks, width) in enumerate(zip(layers, widths, strict=True)):
             stride = 1 if index == 0 else 2
-            stages.append(self._make_stage(in_width, width, blocks, stride, activation))
+            stages.append(
+                nn.Sequential(
+                    *(
+                        BasicBlock(
+                            in_width if block == 0 else width,
+                            width,
+                            stride if block == 0 else 1,
+                            activation,
+                            next(rates),
+                        )
+                        for block in range(blocks)
+                    )
+                )
+            )
             in_width = width
         self.stages = nn.ModuleList(stages)
         self.out_channels: tuple[int, ...] = (widths[0], *widths)
         self._init_weights()
-
-    @staticmethod
-    def _make_stage(
-        in_channels: int, out_channels: int, blocks: int, stride: int, activation: str
-    ) -> nn.Sequential:
-        first = BasicBlock(in_channels, out_channels, stride, activation)
-        rest = (
-            BasicBlock(out_channels, out_channels, activation=activation) for _ in range(blocks - 1)
-        )
-        return nn.Sequential(first, *rest)
 
     def _init_weights(self) -> None:
         for module in self.modules():

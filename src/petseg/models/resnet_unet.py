@@ -24,6 +24,9 @@ class ResNet34UNet(nn.Module):
     activation: "silu" (the default, which raised test Dice on the sample) or "relu" (as in
     torchvision and smp), in the encoder and the decoder alike.
 
+    drop_path: stochastic depth in the encoder's residual blocks, the last block's rate (0 at
+    the first, linear in between; see petseg.models.resnet.ResNetEncoder); training only.
+
     deep_supervision: a 1x1 head on each decoder block but the last; in training mode forward
     returns (logits, [auxiliary logits at 1/16 .. 1/2 of the input size]) for
     petseg.losses.deep_supervision_loss. In eval mode it returns the logits alone, as without.
@@ -37,10 +40,11 @@ class ResNet34UNet(nn.Module):
         deep_supervision: bool = False,
         stem: str = DEFAULT_STEM,
         activation: str = DEFAULT_ACTIVATION,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.encoder = ResNetEncoder(
-            in_channels, layers=(3, 4, 6, 3), stem=stem, activation=activation
+            in_channels, layers=(3, 4, 6, 3), stem=stem, activation=activation, drop_path=drop_path
         )
         skips = self.encoder.out_channels[:-1][::-1]  # (256, 128, 64, 64): 1/16 .. 1/2
         if len(decoder_widths) != len(skips) + 1:
