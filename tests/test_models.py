@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -12,7 +13,7 @@ from torch import nn
 from petseg.errors import PetsegError
 from petseg.models import MODELS, ResNet34UNet, UNet, build_model
 from petseg.models.blocks import DecoderBlock
-from petseg.models.resnet import ResNetEncoder
+from petseg.models.resnet import BasicBlock, ResNetEncoder
 
 MODEL_NAMES = sorted(MODELS)
 
@@ -336,10 +337,6 @@ def test_drop_path_rates_rise_linearly_from_the_first_block_to_the_last() -> Non
 
 
 def test_drop_path_skips_whole_residual_branches_in_training_only() -> None:
-    import copy
-
-    from petseg.models.resnet import BasicBlock
-
     torch.manual_seed(0)
     block = BasicBlock(8, 8, drop_path=0.5)
     nn.init.constant_(block.bn2.bias, 1.0)  # a residual branch that is never zero

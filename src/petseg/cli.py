@@ -84,24 +84,25 @@ def _workers(text: str) -> int | None:
     return int(text)
 
 
-def _probability(text: str) -> float:
+def _fraction(text: str, zero: bool) -> float:
+    """A float below 1, above 0 (or from 0 with `zero`)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid float") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    above = value >= 0.0 if zero else value > 0.0
+    if not above or value >= 1.0:
+        bounds = ">= 0 and < 1" if zero else "between 0 and 1 (exclusive)"
+        raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
     return value
+
+
+def _probability(text: str) -> float:
+    return _fraction(text, zero=False)
 
 
 def _drop_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a valid float") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 and < 1, got {text}")
-    return value
+    return _fraction(text, zero=True)
 
 
 def _widths(text: str) -> tuple[int, ...]:

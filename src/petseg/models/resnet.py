@@ -119,24 +119,21 @@ class ResNetEncoder(nn.Module):
         in_width = widths[0]
         for index, (blocks, width) in enumerate(zip(layers, widths, strict=True)):
             stride = 1 if index == 0 else 2
-            stages.append(
-                nn.Sequential(
-                    *(
-                        BasicBlock(
-                            in_width if block == 0 else width,
-                            width,
-                            stride if block == 0 else 1,
-                            activation,
-                            next(rates),
-                        )
-                        for block in range(blocks)
-                    )
-                )
-            )
+            stage_rates = [next(rates) for _ in range(blocks)]
+            stages.append(self._make_stage(in_width, width, stride, activation, stage_rates))
             in_width = width
         self.stages = nn.ModuleList(stages)
         self.out_channels: tuple[int, ...] = (widths[0], *widths)
         self._init_weights()
+
+    @staticmethod
+    def _make_stage(
+        in_channels: int, out_channels: int, stride: int, activation: str, rates: list[float]
+    ) -> nn.Sequential:
+        """One BasicBlock per drop-path rate; the first changes the width and the stride."""
+        first = BasicBlock(in_channels, out_channels, stride, activation, rates[0])
+        rest = (BasicBlock(out_channels, out_channels, 1, activation, rate) for rate in rates[1:])
+        return nn.Sequential(first, *rest)
 
     def _init_weights(self) -> None:
         for module in self.modules():
