@@ -22,12 +22,16 @@ from petseg.checkpoint import (
     model_from_checkpoint,
     save_checkpoint,
 )
-from petseg.config import DEFAULT_ACTIVATION, DEFAULT_STEM
+from petseg.config import DEFAULT_ACTIVATION, DEFAULT_DROP_PATH, DEFAULT_STEM
 from petseg.errors import PetsegError
 from petseg.models import UNet, build_model
 
 SMALL_KWARGS: dict[str, Any] = {"widths": [8, 16]}
-DEFAULTS = {"stem": DEFAULT_STEM, "activation": DEFAULT_ACTIVATION}  # the constructor's
+DEFAULTS = {  # the constructor's
+    "stem": DEFAULT_STEM,
+    "activation": DEFAULT_ACTIVATION,
+    "drop_path": DEFAULT_DROP_PATH,
+}
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.25, 0.2, 0.15)
 
@@ -298,18 +302,25 @@ def test_renamed_weights_are_named_as_missing_and_unexpected() -> None:
 @pytest.mark.parametrize(
     ("version", "saved_kwargs", "trained_with"),
     [
-        # version 1, before the stem was an argument: the 7x7 stem and ReLU
-        (1, {}, {"stem": "classic", "activation": "relu"}),
+        # version 1, before the stem was an argument: the 7x7 stem, ReLU, no drop path
+        (1, {}, {"stem": "classic", "activation": "relu", "drop_path": 0.0}),
         # version 2, before the activation was one: ReLU
-        (2, {}, {"stem": "deep", "activation": "relu"}),
-        (2, {"stem": "classic"}, {"stem": "classic", "activation": "relu"}),
-        # version 3 without the arguments: the constructor's defaults
-        (3, {}, {"stem": "deep", "activation": "silu"}),
-        (3, {"stem": "classic", "activation": "relu"}, {"stem": "classic", "activation": "relu"}),
+        (2, {}, {"stem": "deep", "activation": "relu", "drop_path": 0.0}),
+        (2, {"stem": "classic"}, {"stem": "classic", "activation": "relu", "drop_path": 0.0}),
+        # version 3, before drop path defaulted to 0.1: off unless saved
+        (3, {}, {"stem": "deep", "activation": "silu", "drop_path": 0.0}),
+        (3, {"drop_path": 0.2}, {"stem": "deep", "activation": "silu", "drop_path": 0.2}),
+        (
+            3,
+            {"stem": "classic", "activation": "relu"},
+            {"stem": "classic", "activation": "relu", "drop_path": 0.0},
+        ),
+        # version 4 without the arguments: the constructor's defaults
+        (4, {}, {"stem": "deep", "activation": "silu", "drop_path": 0.1}),
     ],
 )
-def test_a_resnet34_unet_checkpoint_rebuilds_the_stem_and_activation_it_was_trained_with(
-    version: int, saved_kwargs: dict[str, Any], trained_with: dict[str, str]
+def test_a_resnet34_unet_checkpoint_rebuilds_the_arguments_it_was_trained_with(
+    version: int, saved_kwargs: dict[str, Any], trained_with: dict[str, Any]
 ) -> None:
     torch.manual_seed(0)
     model = build_model("resnet34_unet", decoder_widths=[8] * 5, **trained_with).eval()

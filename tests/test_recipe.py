@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -35,6 +36,7 @@ from petseg.data.transforms import (
 )
 from petseg.evaluate import choose_threshold, evaluate_checkpoint
 from petseg.losses import LOSSES
+from petseg.models import build_model
 from petseg.predict import predict_masks
 from petseg.schedules import SCHEDULERS, learning_rate_at
 from petseg.train import OPTIMIZERS, THRESHOLD_CANDIDATES, tune_checkpoint_threshold
@@ -275,7 +277,11 @@ def test_width_flags_reach_the_model_kwargs_in_both_spellings(monkeypatch, tmp_p
     lean = _model_config(
         monkeypatch, tmp_path, "--model_type", "resnet34_unet", "--decoder-widths", "64,32,16,8,8"
     )
-    defaults = {"stem": "deep", "activation": cli.DEFAULT_ACTIVATION}
+    defaults = {
+        "stem": "deep",
+        "activation": cli.DEFAULT_ACTIVATION,
+        "drop_path": cli.DEFAULT_DROP_PATH,
+    }
     assert lean.kwargs == {"decoder_widths": [64, 32, 16, 8, 8], **defaults}
     default = _model_config(monkeypatch, tmp_path, "--model-type", "resnet34_unet")
     assert default.kwargs == {"decoder_widths": list(cli.DEFAULT_DECODER_WIDTHS), **defaults}
@@ -327,6 +333,7 @@ def test_a_lean_decoder_is_stored_and_rebuilt_by_evaluate(tmp_path: Path) -> Non
         "decoder_widths": [16, 8, 8, 8, 4],
         "stem": "deep",
         "activation": cli.DEFAULT_ACTIVATION,
+        "drop_path": cli.DEFAULT_DROP_PATH,
     }
     output = tmp_path / "scores.json"
     evaluate = ["evaluate", "--model_path", str(model_path), "--data_path", str(data)]
@@ -336,18 +343,22 @@ def test_a_lean_decoder_is_stored_and_rebuilt_by_evaluate(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("version", "missing"),
-    [(1, {"stem": "classic", "activation": "relu"}), (2, {"activation": "relu"})],
-    ids=["before-stem", "before-activation"],
+    [
+        (1, {"stem": "classic", "activation": "relu", "drop_path": 0.0}),
+        (2, {"activation": "relu"}),
+        (3, {"drop_path": 0.0}),
+    ],
+    ids=["before-stem", "before-activation", "before-drop-path"],
 )
 def test_a_run_from_before_an_argument_resumes_with_the_value_it_was_trained_with(
-    tmp_path: Path, version: int, missing: dict[str, str]
+    tmp_path: Path, version: int, missing: dict[str, Any]
 ) -> None:
     data = make_dataset(tmp_path / "pets")
     model_path = tmp_path / "old.pt"
     argv = train_args(
         data, model_path, "--model_type", "resnet34_unet", "--decoder_widths", "16,8,8,8,4"
     )
-    trained_with = [arg for name, value in missing.items() for arg in (f"--{name}", value)]
+    trained_with = [arg for name, value in missing.items() for arg in (f"--{name}", str(value))]
     assert cli.main([*argv, *trained_with]) == 0
     for path in (model_path, model_path.with_name("old.last.pt")):  # as that version saved it
         checkpoint = load_checkpoint(path)
@@ -384,13 +395,19 @@ def test_deep_supervision_on_the_unet_is_a_usage_error(tmp_path: Path, capsys) -
     assert not (tmp_path / "u.pt").exists()
 
 
-def test_drop_path_reaches_the_model_kwargs_only_when_set(monkeypatch, tmp_path: Path) -> None:
+def test_drop_path_defaults_to_the_screened_rate_and_zero_turns_it_off(
+    monkeypatch, tmp_path: Path
+) -> None:
     resnet = ("--model_type", "resnet34_unet")
+    assert _model_config(monkeypatch, tmp_path, *resnet).kwargs["drop_path"] == 0.1
     for spelling in ("--drop_path", "--drop-path"):
-        chosen = _model_config(monkeypatch, tmp_path, *resnet, spelling, "0.1")
-        assert chosen.kwargs["drop_path"] == 0.1
-    for flags in ([], ["--drop_path", "0"]):  # off: checkpoints as before the flag
-        assert "drop_path" not in _model_config(monkeypatch, tmp_path, *resnet, *flags).kwargs
+        chosen = _model_config(monkeypatch, tmp_path, *resnet, spelling, "0.25")
+        assert chosen.kwargs["drop_path"] == 0.25
+    off = _model_config(monkeypatch, tmp_path, *resnet, "--drop_path", "0").kwargs
+    assert off["drop_path"] == 0.0
+    assert build_model("resnet34_unet", **off).encoder.stages[-1][-1].drop_path == 0.0
+    # the UNet has no residual blocks: no drop path in its kwargs, default or not
+    assert "drop_path" not in _model_config(monkeypatch, tmp_path).kwargs
 
 
 def test_drop_path_is_stored_in_the_checkpoint_and_rebuilt_by_evaluate(tmp_path: Path) -> None:

@@ -22,12 +22,17 @@ from petseg.models import MODELS, build_model
 CHECKPOINT_FORMAT = "petseg-checkpoint"
 # 2: the ResNet34-UNet's stem became an argument whose default is the deep stem
 # 3: its activation became an argument whose default is SiLU
-CHECKPOINT_VERSION = 3
+# 4: its drop path (stochastic depth) default became 0.1
+CHECKPOINT_VERSION = 4
 REQUIRED_KEYS = ("model_type", "model_kwargs", "state_dict", "image_size", "normalization")
 # Constructor arguments added with a new default: model type -> [(the checkpoint version that
 # added them, their value before)]. An older checkpoint that lacks one was trained with that value.
 LEGACY_MODEL_KWARGS: dict[str, list[tuple[int, dict[str, Any]]]] = {
-    "resnet34_unet": [(2, {"stem": "classic"}), (3, {"activation": "relu"})],
+    "resnet34_unet": [
+        (2, {"stem": "classic"}),
+        (3, {"activation": "relu"}),
+        (4, {"drop_path": 0.0}),
+    ],
 }
 
 

@@ -19,6 +19,7 @@ from petseg.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATA_PATH,
     DEFAULT_DECODER_WIDTHS,
+    DEFAULT_DROP_PATH,
     DEFAULT_NUM_WORKERS,
     DEFAULT_STEM,
     DEFAULT_UNET_WIDTHS,
@@ -452,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RATE",
         help="resnet34_unet: stochastic depth in the encoder, the probability of skipping the "
         "last residual block's branch per image in training (0 at the first block, linear in "
-        "between; default 0, off)",
+        f"between; default {DEFAULT_DROP_PATH}, 0 turns it off)",
     )
     train.add_argument(
         "--deep_supervision",
@@ -690,18 +691,15 @@ def _model_kwargs(
             f"--decoder_widths needs {len(DEFAULT_DECODER_WIDTHS)} values (one per decoder block), "
             f"got {len(widths)}: {','.join(map(str, widths))}"
         )
-    # the stem and the activation always (older checkpoints, which lack them, had the 7x7
-    # stem or ReLU, see petseg.checkpoint.LEGACY_MODEL_KWARGS); deep supervision and drop
-    # path only when set, so checkpoints without them load as before
-    return (
-        {
-            "decoder_widths": list(widths),
-            "stem": stem or DEFAULT_STEM,
-            "activation": activation or DEFAULT_ACTIVATION,
-        }
-        | ({"deep_supervision": True} if deep_supervision else {})
-        | ({"drop_path": drop_path} if drop_path else {})
-    )
+    # the stem, the activation and drop path always (older checkpoints, which lack them, had
+    # the 7x7 stem, ReLU or no drop path, see petseg.checkpoint.LEGACY_MODEL_KWARGS); deep
+    # supervision only when set, so checkpoints without it load as before
+    return {
+        "decoder_widths": list(widths),
+        "stem": stem or DEFAULT_STEM,
+        "activation": activation or DEFAULT_ACTIVATION,
+        "drop_path": DEFAULT_DROP_PATH if drop_path is None else drop_path,
+    } | ({"deep_supervision": True} if deep_supervision else {})
 
 
 def run_train(args: argparse.Namespace) -> None:
