@@ -1,0 +1,35 @@
+"""bench/quality.py: its named recipes reach `petseg train` as the model and recipe they name."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from test_recipe import train_config
+
+SCRIPT = Path(__file__).parents[1] / "bench" / "quality.py"
+spec = importlib.util.spec_from_file_location("quality", SCRIPT)
+quality = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(quality)
+
+
+@pytest.mark.parametrize("recipe", ["plain", "lab"])
+def test_the_references_train_the_lab_reports_resnet34_unet(
+    monkeypatch, tmp_path: Path, recipe: str
+) -> None:
+    flags = quality.recipe_flags(recipe, "resnet34_unet")
+    config = train_config(monkeypatch, tmp_path, "--model_type", "resnet34_unet", *flags)
+    kwargs = config.model.kwargs
+    # the 7x7 stem, ReLU and no stochastic depth, whatever petseg's defaults become
+    assert (kwargs["stem"], kwargs["activation"], kwargs["drop_path"]) == ("classic", "relu", 0.0)
+    assert (config.recipe.loss, config.recipe.optimizer, config.batch_size) == ("bce", "adam", 16)
+
+
+@pytest.mark.parametrize("recipe", ["default", "plain", "lab"])
+def test_the_unet_gets_no_resnet34_unet_flags(monkeypatch, tmp_path: Path, recipe: str) -> None:
+    flags = quality.recipe_flags(recipe, "unet")  # the UNet refuses --stem, --drop_path, ...
+    config = train_config(monkeypatch, tmp_path, "--model_type", "unet", *flags)
+    assert config.model.model_type == "unet"
+    assert quality.recipe_flags("default", "resnet34_unet") == []  # petseg's own defaults
