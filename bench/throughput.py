@@ -216,6 +216,14 @@ def main() -> None:
         choices=ACTIVATIONS,
         help="also measure a ResNet34-UNet with this activation, as resnet34_unet[activation=A]",
     )
+    parser.add_argument(
+        "--drop_path",
+        type=float,
+        default=None,
+        metavar="RATE",
+        help="also measure a ResNet34-UNet with this stochastic-depth rate (0: off), as "
+        "resnet34_unet[drop_path=RATE]",
+    )
     args = parser.parse_args()
 
     makers: dict[str, Callable[[], nn.Module]] = {
@@ -242,6 +250,10 @@ def main() -> None:
     if args.activation:
         name = f"resnet34_unet[activation={args.activation}]"
         makers[name] = lambda: build_model("resnet34_unet", activation=args.activation)
+        names.append(name)
+    if args.drop_path is not None:
+        name = f"resnet34_unet[drop_path={args.drop_path:g}]"
+        makers[name] = lambda: build_model("resnet34_unet", drop_path=args.drop_path)
         names.append(name)
     unknown = [setting for setting in args.settings.split(",") if setting not in settings]
     if unknown:
