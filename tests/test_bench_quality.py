@@ -32,4 +32,7 @@ def test_the_unet_gets_no_resnet34_unet_flags(monkeypatch, tmp_path: Path, recip
     flags = quality.recipe_flags(recipe, "unet")  # the UNet refuses --stem, --drop_path, ...
     config = train_config(monkeypatch, tmp_path, "--model_type", "unet", *flags)
     assert config.model.model_type == "unet"
-    assert quality.recipe_flags("default", "resnet34_unet") == []  # petseg's own defaults
+
+
+def test_the_default_recipe_adds_no_flags_so_it_measures_petsegs_own_defaults() -> None:
+    assert quality.recipe_flags("default", "resnet34_unet") == []
