@@ -194,7 +194,7 @@ def _add_compile_flag(parser: argparse.ArgumentParser, what: str) -> None:
         action="store_true",
         help=f"torch.compile the model for {what}. On a 2-core CPU (ResNet34-UNet, 128 px) "
         "training was no faster and inference 1.3x, after 20-60 s of compiling at the start "
-        "(README, Speed)",
+        "(docs/speed.md)",
     )
 
 
