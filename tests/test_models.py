@@ -164,6 +164,36 @@ def test_small_unet_widths_work_on_odd_sizes() -> None:
     assert torch.isfinite(out).all()
 
 
+def test_nearest_upsampling_feeds_the_full_width_to_each_decoder_block() -> None:
+    # as in the hand count above, but each decoder DoubleConv takes the upsampled map at its
+    # full width, not halved by a ConvTranspose2d, plus the skip:
+    # up 1: DoubleConv(32 + 16, 16) 6912 + 32 + 2304 + 32             =  9280
+    # up 2: DoubleConv(16 + 8, 8)   1728 + 16 + 576 + 16              =  2336
+    model = UNet(widths=(8, 16), upsample="nearest")
+    assert model.upsample == "nearest"
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in model.modules())
+    assert count_parameters(model) == 824 + 3520 + 13952 + 9280 + 2336 + 9 == 29_921
+    assert double_conv_parameters(48, 16) == 9280
+    assert count_parameters(UNet(upsample="nearest")) == 31_384_833
+
+
+def test_nearest_upsampling_unet_works_on_odd_sizes_and_differs_from_transpose() -> None:
+    torch.manual_seed(0)
+    nearest = UNet(widths=(4, 8, 16), upsample="nearest").eval()
+    transpose = UNet(widths=(4, 8, 16)).eval()
+    images = torch.randn(2, 3, 37, 23)
+    with torch.no_grad():
+        out = nearest(images)
+        assert out.shape == (2, 1, 37, 23)
+        assert torch.isfinite(out).all()
+        assert not torch.allclose(out, transpose(images))
+
+
+def test_unknown_unet_upsampling_raises_value_error() -> None:
+    with pytest.raises(ValueError, match="upsample"):
+        UNet(widths=(4, 8), upsample="bilinear")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("widths", [(), (7, 16), (8, 15), (0, 8), (1,), (8, -2)])
 def test_invalid_unet_widths_raise_value_error(widths: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="widths"):

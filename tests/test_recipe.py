@@ -395,6 +395,37 @@ def test_deep_supervision_on_the_unet_is_a_usage_error(tmp_path: Path, capsys) -
     assert not (tmp_path / "u.pt").exists()
 
 
+def test_unet_upsample_reaches_the_kwargs_only_when_given(monkeypatch, tmp_path: Path) -> None:
+    # the default keeps the kwargs every UNet checkpoint has had, so old ones load unchanged
+    assert _model_config(monkeypatch, tmp_path).kwargs == {"widths": [64, 128, 256, 512]}
+    for spelling in ("--unet_upsample", "--unet-upsample"):
+        chosen = _model_config(monkeypatch, tmp_path, spelling, "nearest").kwargs
+        assert chosen == {"widths": [64, 128, 256, 512], "upsample": "nearest"}
+
+
+def test_unet_upsample_is_stored_in_the_checkpoint_and_rebuilt_by_evaluate(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "pets")
+    model_path = tmp_path / "near.pt"
+    assert cli.main(train_args(data, model_path, "--unet_upsample", "nearest")) == 0
+    checkpoint = load_checkpoint(model_path)
+    assert checkpoint["model_kwargs"] == {"widths": [4, 8], "upsample": "nearest"}
+    assert not any(".up.weight" in key for key in checkpoint["state_dict"])  # no ConvTranspose2d
+    scores = evaluate_checkpoint(model_path, data, split="test", num_workers=0)
+    assert 0.0 <= scores["dice"] <= 1.0
+
+
+def test_unet_upsample_on_the_resnet34_unet_or_unknown_is_refused(tmp_path: Path, capsys) -> None:
+    data = make_dataset(tmp_path / "pets")
+    argv = train_args(data, tmp_path / "r.pt", "--unet_upsample", "nearest")
+    argv[argv.index("unet")] = "resnet34_unet"
+    fails_with(capsys, argv, "--unet_upsample", "unet only")
+    assert not (tmp_path / "r.pt").exists()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--unet_upsample", "bilinear"])
+    assert info.value.code == 2
+    assert "--unet_upsample" in capsys.readouterr().err
+
+
 def test_drop_path_defaults_to_the_screened_rate_and_zero_turns_it_off(
     monkeypatch, tmp_path: Path
 ) -> None:

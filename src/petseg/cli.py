@@ -22,9 +22,11 @@ from petseg.config import (
     DEFAULT_DROP_PATH,
     DEFAULT_NUM_WORKERS,
     DEFAULT_STEM,
+    DEFAULT_UNET_UPSAMPLE,
     DEFAULT_UNET_WIDTHS,
     INFERENCE_BATCH_SIZE,
     STEMS,
+    UNET_UPSAMPLES,
     DataConfig,
     RecipeConfig,
     TrainConfig,
@@ -422,6 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _flag(
         train,
+        "unet_upsample",
+        choices=UNET_UPSAMPLES,
+        default=None,
+        help="unet decoder upsampling: transpose (ConvTranspose2d halving the channels, the "
+        f"classic UNet's; default {DEFAULT_UNET_UPSAMPLE}) or nearest (a nearest-neighbour resize "
+        "keeping them)",
+    )
+    _flag(
+        train,
         "decoder_widths",
         type=_widths,
         default=None,
@@ -674,8 +685,11 @@ def _model_kwargs(
     stem: str | None = None,
     activation: str | None = None,
     drop_path: float | None = None,
+    unet_upsample: str | None = None,
 ) -> dict[str, Any]:
     """Constructor arguments for the chosen model from the architecture flags."""
+    if model_type != "unet" and unet_upsample is not None:
+        raise PetsegError("--unet_upsample applies to --model_type unet only")
     if model_type == "unet":
         for given, flag in ((decoder_widths is not None, "--decoder_widths"),
                             (deep_supervision, "--deep_supervision"),
@@ -684,7 +698,9 @@ def _model_kwargs(
                             (drop_path is not None, "--drop_path")):  # fmt: skip
             if given:
                 raise PetsegError(f"{flag} applies to --model_type resnet34_unet only")
-        return {"widths": list(unet_widths)}
+        # the upsampling only when set, so default checkpoints keep the kwargs they always had
+        upsample = {} if unet_upsample is None else {"upsample": unet_upsample}
+        return {"widths": list(unet_widths)} | upsample
     widths = DEFAULT_DECODER_WIDTHS if decoder_widths is None else decoder_widths
     if len(widths) != len(DEFAULT_DECODER_WIDTHS):
         raise PetsegError(
@@ -716,6 +732,7 @@ def run_train(args: argparse.Namespace) -> None:
         args.stem,
         args.activation,
         args.drop_path,
+        args.unet_upsample,
     )
     config = TrainConfig(
         data=DataConfig(

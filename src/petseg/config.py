@@ -10,6 +10,10 @@ from petseg.errors import PetsegError
 
 DEFAULT_DATA_PATH = Path("data/oxford-iiit-pet")
 DEFAULT_UNET_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
+# UNet decoder upsampling (petseg.models.blocks.DecoderBlock): transpose is the classic UNet's;
+# nearest gained on the one seed screened so far (README, Accuracy), so it is opt-in
+UNET_UPSAMPLES: tuple[str, ...] = ("transpose", "nearest")
+DEFAULT_UNET_UPSAMPLE = "transpose"
 # ResNet34-UNet decoder block widths, deepest first (the smp/lab decoder is 256,128,64,32,16)
 DEFAULT_DECODER_WIDTHS: tuple[int, ...] = (256, 128, 64, 32, 16)
 # ResNet34 encoder stems (petseg.models.resnet.make_stem); deep raised test Dice on the sample

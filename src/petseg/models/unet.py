@@ -7,16 +7,19 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from petseg.config import DEFAULT_UNET_WIDTHS
-from petseg.models.blocks import DecoderBlock, DoubleConv
+from petseg.config import DEFAULT_UNET_UPSAMPLE, DEFAULT_UNET_WIDTHS
+from petseg.models.blocks import DecoderBlock, DoubleConv, Upsample
 
 
 class UNet(nn.Module):
     """Encoder of DoubleConv + max-pool levels, a bottleneck doubling the widest width, a decoder of
-    ConvTranspose2d + skip concatenation + DoubleConv, and a 1x1 head returning logits.
+    upsampling + skip concatenation + DoubleConv, and a 1x1 head returning logits.
 
-    Any input height and width works: odd sizes are handled by padding in the decoder.
-    Default widths (64, 128, 256, 512) give about 31.0 M parameters.
+    upsample="transpose" (the classic UNet's, default): ConvTranspose2d halving the channels;
+    odd sizes are handled by padding in the decoder. upsample="nearest": a nearest-neighbour
+    resize keeping the channels, so each DoubleConv takes the full width plus the skip.
+    Any input height and width works. Default widths (64, 128, 256, 512) give 31,037,633
+    parameters with transpose upsampling, 31,384,833 with nearest.
     """
 
     def __init__(
@@ -24,12 +27,14 @@ class UNet(nn.Module):
         in_channels: int = 3,
         num_classes: int = 1,
         widths: Sequence[int] = DEFAULT_UNET_WIDTHS,
+        upsample: Upsample = DEFAULT_UNET_UPSAMPLE,
     ) -> None:
         super().__init__()
         widths = tuple(int(width) for width in widths)
         if not widths or any(width < 2 or width % 2 for width in widths):
             raise ValueError(f"UNet widths must be even and >= 2, got {widths}")
         self.widths = widths
+        self.upsample = upsample
         self.stem = DoubleConv(in_channels, widths[0])
         self.pool = nn.MaxPool2d(2)
         self.down = nn.ModuleList(
@@ -38,7 +43,7 @@ class UNet(nn.Module):
         self.bottleneck = DoubleConv(widths[-1], widths[-1] * 2)
         decoder_in = (widths[-1] * 2, *reversed(widths[1:]))
         self.up = nn.ModuleList(
-            DecoderBlock(c_in, skip, skip, upsample="transpose")
+            DecoderBlock(c_in, skip, skip, upsample=upsample)
             for c_in, skip in zip(decoder_in, reversed(widths), strict=True)
         )
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
