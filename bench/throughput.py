@@ -6,7 +6,8 @@ With segmentation-models-pytorch installed (`pip install -e ".[bench]"`), its Un
 encoder_weights=None) runs as model `smp` in the same process with the same settings, and a
 ratio is printed. --unet_widths adds a UNet of those widths (the lighter CPU option) beside the
 default one; --decoder_widths adds a ResNet34-UNet with those decoder widths, --stem one with
-that encoder stem (--stem classic: the 7x7 one), --activation one with that activation, and
+that encoder stem (--stem classic: the 7x7 one), --activation one with that activation,
+--unet_upsample nearest a UNet with that decoder upsampling (with --unet_widths, of those widths), and
 each ResNet34-UNet row also prints its ratio to the default ResNet34-UNet in plain fp32. With
 onnxruntime installed (pip install "petseg[onnx]"), the "onnxruntime" setting times the model as
 `petseg export` writes it (fp32, CPU provider, inference only) and prints its ratio to eager
@@ -20,6 +21,7 @@ machine.
     python bench/throughput.py --image_size 256 --batch_size 4 --steps 5
     python bench/throughput.py --models resnet34_unet,smp --settings fp32,fp32+channels_last
     python bench/throughput.py --models unet --unet_widths 32,64,128,256 --settings fp32
+    python bench/throughput.py --models unet --unet_upsample nearest --settings fp32 --modes train
     python bench/throughput.py --models resnet34_unet,smp --decoder_widths 128,64,32,16,16
     python bench/throughput.py --models resnet34_unet --stem classic --settings fp32,petseg
     python bench/throughput.py --models resnet34_unet --activation silu --settings fp32
@@ -41,7 +43,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from petseg.config import ACTIVATIONS, STEMS
+from petseg.config import ACTIVATIONS, STEMS, UNET_UPSAMPLES
 from petseg.inference import inference_model as petseg_inference_model
 from petseg.models import build_model
 
@@ -199,6 +201,13 @@ def main() -> None:
         help="also measure a UNet of these widths, as model unet[W1,W2,...] after the others",
     )
     parser.add_argument(
+        "--unet_upsample",
+        default=None,
+        choices=UNET_UPSAMPLES,
+        help="also measure a UNet with this decoder upsampling (of the --unet_widths if given), "
+        "as unet[upsample=U] or unet[W1,W2,...,upsample=U]",
+    )
+    parser.add_argument(
         "--decoder_widths",
         default=None,
         metavar="W1,...,W5",
@@ -237,6 +246,12 @@ def main() -> None:
         widths = [int(width) for width in args.unet_widths.split(",")]
         name = f"unet[{','.join(map(str, widths))}]"
         makers[name] = lambda: build_model("unet", widths=widths)
+        names.append(name)
+    if args.unet_upsample:
+        base = {"widths": widths} if args.unet_widths else {}
+        prefix = f"{','.join(map(str, widths))}," if args.unet_widths else ""
+        name = f"unet[{prefix}upsample={args.unet_upsample}]"
+        makers[name] = lambda: build_model("unet", upsample=args.unet_upsample, **base)
         names.append(name)
     if args.decoder_widths:
         decoder = [int(width) for width in args.decoder_widths.split(",")]
