@@ -177,16 +177,12 @@ def test_nearest_upsampling_feeds_the_full_width_to_each_decoder_block() -> None
     assert count_parameters(UNet(upsample="nearest")) == 31_384_833
 
 
-def test_nearest_upsampling_unet_works_on_odd_sizes_and_differs_from_transpose() -> None:
-    torch.manual_seed(0)
-    nearest = UNet(widths=(4, 8, 16), upsample="nearest").eval()
-    transpose = UNet(widths=(4, 8, 16)).eval()
-    images = torch.randn(2, 3, 37, 23)
+def test_nearest_upsampling_unet_works_on_odd_sizes() -> None:
+    model = UNet(widths=(4, 8, 16), upsample="nearest").eval()
     with torch.no_grad():
-        out = nearest(images)
-        assert out.shape == (2, 1, 37, 23)
-        assert torch.isfinite(out).all()
-        assert not torch.allclose(out, transpose(images))
+        out = model(torch.randn(2, 3, 37, 23))
+    assert out.shape == (2, 1, 37, 23)
+    assert torch.isfinite(out).all()
 
 
 def test_unknown_unet_upsampling_raises_value_error() -> None:
