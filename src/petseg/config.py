@@ -11,7 +11,8 @@ from petseg.errors import PetsegError
 DEFAULT_DATA_PATH = Path("data/oxford-iiit-pet")
 DEFAULT_UNET_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
 # UNet decoder upsampling (petseg.models.blocks.DecoderBlock): transpose is the classic UNet's;
-# nearest gained on the one seed screened so far (README, Accuracy), so it is opt-in
+# nearest gained in the two screens so far (one seed each, two widths; README, Accuracy), so it
+# is opt-in until the default widths gain on more seeds
 UNET_UPSAMPLES: tuple[str, ...] = ("transpose", "nearest")
 DEFAULT_UNET_UPSAMPLE = "transpose"
 # ResNet34-UNet decoder block widths, deepest first (the smp/lab decoder is 256,128,64,32,16)
