@@ -8,7 +8,10 @@ region (test_lcc_*, `--largest_component`); and on the train split without augme
 training or capacity can help, a fit far above test means the recipe overfits. Prints one
 JSON line per seed and a summary line with the mean and standard deviation across seeds. Dice is the mean of
 per-image Dice at the checkpoint's threshold; dataset Dice and IoU come from summed pixels;
-all at the training size, and again at each image's original size.
+all at the training size, and again at each image's original size. Each line also records its
+`environment`: the commit (with '+changes' when the checkout differs from it), the petseg and
+torch versions, the device, the precision `--precision` resolved to, whether the CPU has native
+bf16, and the thread count.
 
     python bench/quality.py ../shared/data/oxford-iiit-pet-sample --model_type resnet34_unet \
         --image_size 128 --epochs 40 --seeds 3
@@ -24,15 +27,20 @@ import argparse
 import contextlib
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from petseg import __version__
 from petseg.checkpoint import load_checkpoint
 from petseg.cli import main as petseg_main
 from petseg.evaluate import evaluate_checkpoint
+from petseg.runtime import NATIVE_BF16_CPU_FLAGS, cpu_flags, resolve_device, resolve_precision
 
 # Recipes by name, as `petseg train` flags. plain: the issue's reference (BCE, Adam, OneCycle
 # 1e-3, batch 16, the lab's crop and flip); lab: the lab report's constant Adam 1e-4.
@@ -59,6 +67,38 @@ def recipe_flags(recipe: str, model_type: str) -> list[str]:
     """`petseg train` flags of a named recipe; the references also get the lab report's model."""
     reference = REFERENCE_MODEL_FLAGS.get(model_type, []) if recipe != "default" else []
     return [*RECIPES[recipe], *reference]
+
+
+def code_version() -> str | None:
+    """The checkout's commit, with '+changes' when files differ from it; None outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True,
+        )  # fmt: skip
+    except OSError:
+        return None
+    if commit.returncode != 0:
+        return None
+    return commit.stdout.strip() + ("+changes" if status.stdout.strip() else "")
+
+
+def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]:
+    """Where a run trains: what --device and --precision resolve to here, and the machine."""
+    where = resolve_device(device)
+    return {
+        "code": code_version(),
+        "petseg": __version__,
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu",
+        "precision": resolve_precision(precision, where),
+        "cpu_native_bf16": bool(NATIVE_BF16_CPU_FLAGS & cpu_flags()),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, Any]:
@@ -111,6 +151,7 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, A
         "valid_dice": checkpoint["valid_scores"]["dice"],
         "threshold": checkpoint["threshold"],
         "train_minutes": round(train_seconds / 60, 2),
+        "environment": environment(config["device"], config["precision"]),
         "train_flags": [*recipe_flags(args.recipe, args.model_type), *args.train_flags],
         "model_kwargs": checkpoint["model_kwargs"],
         "resolved_recipe": {
@@ -133,6 +174,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "recipe": results[0]["recipe"],
         "train_flags": results[0]["train_flags"],
         "model_kwargs": results[0]["model_kwargs"],
+        "environment": results[0]["environment"],
         "seeds": [result["seed"] for result in results],
         "epochs": results[0]["epochs"],
         "image_size": results[0]["image_size"],

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
+import torch
 
+import petseg.runtime
 from test_recipe import train_config
 
 SCRIPT = Path(__file__).parents[1] / "bench" / "quality.py"
@@ -36,3 +39,25 @@ def test_the_unet_gets_no_resnet34_unet_flags(monkeypatch, tmp_path: Path, recip
 
 def test_the_default_recipe_adds_no_flags_so_it_measures_petsegs_own_defaults() -> None:
     assert quality.recipe_flags("default", "resnet34_unet") == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "requested", "precision"),
+    [({"avx2", "avx512_bf16"}, "auto", "bf16"), ({"avx2"}, "auto", "fp32"),
+     ({"avx2", "avx512_bf16"}, "fp32", "fp32")],
+)  # fmt: skip
+def test_each_record_says_what_precision_the_run_trained_in_on_this_cpu(
+    monkeypatch, flags: set[str], requested: str, precision: str
+) -> None:
+    monkeypatch.setattr(petseg.runtime, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(quality, "cpu_flags", lambda: frozenset(flags))
+    env = quality.environment("cpu", requested)
+    assert env["precision"] == precision
+    assert env["cpu_native_bf16"] is ("avx512_bf16" in flags)
+    assert (env["device"], env["threads"]) == ("cpu", torch.get_num_threads())
+    assert env["torch"] == torch.__version__
+
+
+def test_each_record_names_the_commit_it_ran() -> None:
+    code = quality.code_version()  # the tests run from a git checkout (CI clones one)
+    assert code is not None and re.fullmatch(r"[0-9a-f]{7,40}(\+changes)?", code), code
