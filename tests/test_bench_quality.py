@@ -59,5 +59,7 @@ def test_each_record_says_what_precision_the_run_trained_in_on_this_cpu(
 
 
 def test_each_record_names_the_commit_it_ran() -> None:
-    code = quality.code_version()  # the tests run from a git checkout (CI clones one)
+    if not (SCRIPT.parents[1] / ".git").exists():
+        pytest.skip("not a git checkout: the records then say code null")
+    code = quality.code_version()
     assert code is not None and re.fullmatch(r"[0-9a-f]{7,40}(\+changes)?", code), code
