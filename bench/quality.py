@@ -40,7 +40,7 @@ from petseg import __version__
 from petseg.checkpoint import load_checkpoint
 from petseg.cli import main as petseg_main
 from petseg.evaluate import evaluate_checkpoint
-from petseg.runtime import NATIVE_BF16_CPU_FLAGS, cpu_flags, resolve_device, resolve_precision
+from petseg.runtime import cpu_has_native_bf16, resolve_device, resolve_precision
 
 # Recipes by name, as `petseg train` flags. plain: the reference (BCE, Adam, OneCycle
 # 1e-3, batch 16, the lab's crop and flip); lab: the lab report's constant Adam 1e-4.
@@ -96,7 +96,7 @@ def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu",
         "precision": resolve_precision(precision, where),
-        "cpu_native_bf16": bool(NATIVE_BF16_CPU_FLAGS & cpu_flags()),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "threads": torch.get_num_threads(),
     }
 

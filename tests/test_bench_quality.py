@@ -50,7 +50,6 @@ def test_each_record_says_what_precision_the_run_trained_in_on_this_cpu(
     monkeypatch, flags: set[str], requested: str, precision: str
 ) -> None:
     monkeypatch.setattr(petseg.runtime, "cpu_flags", lambda: frozenset(flags))
-    monkeypatch.setattr(quality, "cpu_flags", lambda: frozenset(flags))
     env = quality.environment("cpu", requested)
     assert env["precision"] == precision
     assert env["cpu_native_bf16"] is ("avx512_bf16" in flags)

@@ -57,6 +57,11 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has native bfloat16 instructions (AVX512-BF16 or AMX)."""
+    return bool(NATIVE_BF16_CPU_FLAGS & cpu_flags())
+
+
 def resolve_precision(
     requested: str,
     device: torch.device,
@@ -85,7 +90,7 @@ def resolve_precision(
     if requested == "fp16":
         raise PetsegError("--precision fp16 needs a CUDA GPU; on CPU use bf16, fp32 or auto")
     if cpu_bf16 is None:
-        cpu_bf16 = bool(NATIVE_BF16_CPU_FLAGS & cpu_flags())
+        cpu_bf16 = cpu_has_native_bf16()
     if requested == "auto":
         return "bf16" if cpu_bf16 else "fp32"
     return requested
