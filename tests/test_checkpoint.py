@@ -342,6 +342,39 @@ def test_a_resnet34_unet_checkpoint_rebuilds_the_arguments_it_was_trained_with(
 
 
 @pytest.mark.parametrize(
+    ("version", "saved_kwargs", "trained_with"),
+    [
+        # before version 5 the UNet upsampled with ConvTranspose2d unless told otherwise
+        (4, {}, "transpose"),
+        (4, {"upsample": "nearest"}, "nearest"),
+        # version 5 stores it; without it, the constructor's default
+        (5, {}, "nearest"),
+        (5, {"upsample": "transpose"}, "transpose"),
+    ],
+)
+def test_a_unet_checkpoint_rebuilds_the_upsampling_it_was_trained_with(
+    version: int, saved_kwargs: dict[str, Any], trained_with: str
+) -> None:
+    torch.manual_seed(0)
+    model = build_model("unet", widths=[4, 8], upsample=trained_with).eval()
+    checkpoint = make_checkpoint(
+        model,
+        model_type="unet",
+        model_kwargs={"widths": [4, 8], **saved_kwargs},
+        image_size=32,
+        mean=MEAN,
+        std=STD,
+    )
+    checkpoint["version"] = version
+    assert checkpoint_model_kwargs(checkpoint).get("upsample", "nearest") == trained_with
+    rebuilt = model_from_checkpoint(checkpoint).eval()  # strict: a wrong choice cannot load
+    assert rebuilt.upsample == trained_with
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), model(images))
+
+
+@pytest.mark.parametrize(
     "model_kwargs", [{"widths": [7, 16]}, {"depth": 5}], ids=["odd-width", "unknown-kwarg"]
 )
 def test_model_kwargs_the_constructor_rejects_raise_petseg_error(

@@ -129,12 +129,16 @@ def test_backward_gives_a_finite_gradient_to_every_trainable_parameter(name: str
 # --- parameter counts -------------------------------------------------------------------------
 
 
-def test_default_unet_has_the_milesial_parameter_count(
-    default_models: dict[str, nn.Module],
-) -> None:
-    n = count_parameters(default_models["unet"])
+def test_transpose_unet_has_the_milesial_parameter_count() -> None:
+    n = count_parameters(UNet(upsample="transpose"))
     assert round(n / 1e6, 1) == 31.0
     assert n == 31_037_633
+
+
+def test_default_unet_upsamples_nearest(default_models: dict[str, nn.Module]) -> None:
+    model = default_models["unet"]
+    assert model.upsample == "nearest"
+    assert count_parameters(model) == 31_384_833  # counted in the nearest test below
 
 
 def test_default_resnet34_unet_has_about_24_5_million_parameters(
@@ -150,14 +154,14 @@ def test_small_unet_widths_give_the_hand_counted_parameters() -> None:
     # up 1: ConvT(32->16, k2) 2048 + 16; DoubleConv(32, 16) 6976      =  9040
     # up 2: ConvT(16->8, k2) 512 + 8;   DoubleConv(16, 8) 1760        =  2280
     # head Conv1x1(8 -> 1) 8 + 1                                       =     9
-    model = UNet(widths=(8, 16))
+    model = UNet(widths=(8, 16), upsample="transpose")
     assert model.widths == (8, 16)
     assert count_parameters(model) == 824 + 3520 + 13952 + 9040 + 2280 + 9 == 29_625
     assert double_conv_parameters(3, 8) == 824
 
 
 def test_small_unet_widths_work_on_odd_sizes() -> None:
-    model = UNet(widths=(4, 8, 16)).eval()
+    model = UNet(widths=(4, 8, 16), upsample="transpose").eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 37, 23))
     assert out.shape == (2, 1, 37, 23)

@@ -25,7 +25,12 @@ from petseg.checkpoint import (
     make_checkpoint,
     save_checkpoint,
 )
-from petseg.config import RecipeConfig, resolve_batch_size, resolve_recipe
+from petseg.config import (
+    RecipeConfig,
+    resolve_batch_size,
+    resolve_learning_rate,
+    resolve_recipe,
+)
 from petseg.data.oxford_pet import OxfordPetDataset
 from petseg.data.transforms import (
     AUGMENTS,
@@ -77,7 +82,8 @@ def test_defaults_are_the_documented_recipe() -> None:
     args = cli.build_parser().parse_args(["train"])
     assert (args.loss, args.optimizer, args.scheduler) == ("bce_dice", "adamw", "onecycle")
     assert args.augment is None  # chosen per model type once the type is known
-    assert args.tune_threshold is False and args.learning_rate == 1e-3
+    assert args.tune_threshold is False
+    assert args.learning_rate is None  # chosen per model type once the type is known
 
 
 def test_the_augmentation_default_depends_on_the_model_type_and_a_choice_wins() -> None:
@@ -131,6 +137,40 @@ def test_training_records_the_model_types_batch_size_and_a_resume_keeps_its_own(
     assert batch_size(tmp_path / "six.pt", *r34, "--batch_size", "6") == 6
     assert batch_size(tmp_path / "six.pt", "--epochs", "2") == 6
     assert batch_size(tmp_path / "six.pt", "--epochs", "3", "--batch_size", "3") == 3
+
+
+def test_the_learning_rate_default_depends_on_the_model_type_and_a_choice_wins() -> None:
+    assert resolve_learning_rate(None, "unet") == 5e-4
+    assert resolve_learning_rate(None, "resnet34_unet") == 1e-3
+    assert resolve_learning_rate(2e-3, "unet") == 2e-3
+
+
+def test_training_records_the_model_types_learning_rate_and_a_resume_keeps_its_own(
+    tmp_path: Path, capsys
+) -> None:
+    data = make_dataset(tmp_path / "pets")
+
+    def peak(model_path: Path, *flags: str) -> tuple[float, float]:
+        """The recorded peak rate and the optimizer's rate after the run's last step."""
+        argv = ["train", "--data_path", str(data), "--model_path", str(model_path), *flags]
+        assert cli.main([*argv, "--image_size", "32", "--num_workers", "0"]) == 0
+        checkpoint = load_checkpoint(last_checkpoint_path(model_path))
+        optimizer_rate = checkpoint["optimizer"]["param_groups"][0]["lr"]
+        return checkpoint["config"]["learning_rate"], optimizer_rate
+
+    unet = ("--unet_widths", "4,8", "--scheduler", "constant", "--epochs", "1")
+    assert peak(tmp_path / "unet.pt", *unet) == (5e-4, 5e-4)
+    assert "adamw lr 0.0005 " in capsys.readouterr().out
+    r34 = ("--model_type", "resnet34_unet", "--decoder_widths", "16,16,8,8,8")
+    assert peak(tmp_path / "r34.pt", *r34, "--scheduler", "constant", "--epochs", "1") == (
+        1e-3,
+        1e-3,
+    )
+    # a run resumes with the rate it started with, unless one is given
+    assert peak(tmp_path / "fast.pt", *unet, "-lr", "0.02") == (0.02, 0.02)
+    assert peak(tmp_path / "fast.pt", "--scheduler", "constant", "--epochs", "2") == (0.02, 0.02)
+    got = peak(tmp_path / "fast.pt", "--scheduler", "constant", "--epochs", "3", "-lr", "0.01")
+    assert got == (0.01, 0.01)
 
 
 def test_a_negative_weight_decay_is_a_usage_error(capsys) -> None:
@@ -295,7 +335,7 @@ def test_width_flags_reach_the_model_kwargs_in_both_spellings(monkeypatch, tmp_p
         )
         assert chosen.kwargs["activation"] == activation
     unet = _model_config(monkeypatch, tmp_path, "--unet_widths", "8,16")
-    assert (unet.model_type, unet.kwargs) == ("unet", {"widths": [8, 16]})
+    assert (unet.model_type, unet.kwargs) == ("unet", {"widths": [8, 16], "upsample": "nearest"})
 
 
 @pytest.mark.parametrize(
@@ -395,12 +435,15 @@ def test_deep_supervision_on_the_unet_is_a_usage_error(tmp_path: Path, capsys) -
     assert not (tmp_path / "u.pt").exists()
 
 
-def test_unet_upsample_reaches_the_kwargs_only_when_given(monkeypatch, tmp_path: Path) -> None:
-    # the default keeps the kwargs every UNet checkpoint has had, so old ones load unchanged
-    assert _model_config(monkeypatch, tmp_path).kwargs == {"widths": [64, 128, 256, 512]}
+def test_unet_upsample_defaults_to_nearest_and_always_reaches_the_kwargs(
+    monkeypatch, tmp_path: Path
+) -> None:
+    # always stored, since checkpoints without it (before version 5) load as transpose
+    default = _model_config(monkeypatch, tmp_path).kwargs
+    assert default == {"widths": [64, 128, 256, 512], "upsample": "nearest"}
     for spelling in ("--unet_upsample", "--unet-upsample"):
-        chosen = _model_config(monkeypatch, tmp_path, spelling, "nearest").kwargs
-        assert chosen == {"widths": [64, 128, 256, 512], "upsample": "nearest"}
+        chosen = _model_config(monkeypatch, tmp_path, spelling, "transpose").kwargs
+        assert chosen == {"widths": [64, 128, 256, 512], "upsample": "transpose"}
 
 
 def test_unet_upsample_is_stored_in_the_checkpoint_and_rebuilt_by_evaluate(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ CHECKPOINT_FORMAT = "petseg-checkpoint"
 # 2: the ResNet34-UNet's stem became an argument whose default is the deep stem
 # 3: its activation became an argument whose default is SiLU
 # 4: its drop path (stochastic depth) default became 0.1
-CHECKPOINT_VERSION = 4
+# 5: the UNet's decoder upsampling default became nearest (before: transpose)
+CHECKPOINT_VERSION = 5
 REQUIRED_KEYS = ("model_type", "model_kwargs", "state_dict", "image_size", "normalization")
 # Constructor arguments added with a new default: model type -> [(the checkpoint version that
 # added them, their value before)]. An older checkpoint that lacks one was trained with that value.
@@ -33,6 +34,7 @@ LEGACY_MODEL_KWARGS: dict[str, list[tuple[int, dict[str, Any]]]] = {
         (3, {"activation": "relu"}),
         (4, {"drop_path": 0.0}),
     ],
+    "unet": [(5, {"upsample": "transpose"})],
 }
 
 

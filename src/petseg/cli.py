@@ -20,6 +20,7 @@ from petseg.config import (
     DEFAULT_DATA_PATH,
     DEFAULT_DECODER_WIDTHS,
     DEFAULT_DROP_PATH,
+    DEFAULT_LEARNING_RATE,
     DEFAULT_NUM_WORKERS,
     DEFAULT_STEM,
     DEFAULT_UNET_UPSAMPLE,
@@ -396,9 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--learning-rate",
         "-lr",
         type=positive_float,
-        default=DEFAULTS.learning_rate,
-        help="peak learning rate of the schedule (the lab report used 1e-4, constant; "
-        f"default {DEFAULTS.learning_rate:g})",
+        default=None,
+        help="peak learning rate of the schedule (the lab report used 1e-4, constant; default: "
+        + ", ".join(f"{rate:g} for {model}" for model, rate in DEFAULT_LEARNING_RATE.items())
+        + "; a resumed run keeps its own)",
     )
     _flag(
         train,
@@ -427,9 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
         "unet_upsample",
         choices=UNET_UPSAMPLES,
         default=None,
-        help="unet decoder upsampling: transpose (ConvTranspose2d halving the channels, the "
-        f"classic UNet's; default {DEFAULT_UNET_UPSAMPLE}) or nearest (a nearest-neighbour resize "
-        "keeping them)",
+        help="unet decoder upsampling: nearest (a nearest-neighbour resize keeping the channels) "
+        "or transpose (ConvTranspose2d halving them, the classic UNet's); default "
+        f"{DEFAULT_UNET_UPSAMPLE}",
     )
     _flag(
         train,
@@ -698,9 +700,9 @@ def _model_kwargs(
                             (drop_path is not None, "--drop_path")):  # fmt: skip
             if given:
                 raise PetsegError(f"{flag} applies to --model_type resnet34_unet only")
-        # the upsampling only when set, so default checkpoints keep the kwargs they always had
-        upsample = {} if unet_upsample is None else {"upsample": unet_upsample}
-        return {"widths": list(unet_widths)} | upsample
+        # the upsampling always (older checkpoints, which lack it, had transpose; see
+        # petseg.checkpoint.LEGACY_MODEL_KWARGS)
+        return {"widths": list(unet_widths), "upsample": unet_upsample or DEFAULT_UNET_UPSAMPLE}
     widths = DEFAULT_DECODER_WIDTHS if decoder_widths is None else decoder_widths
     if len(widths) != len(DEFAULT_DECODER_WIDTHS):
         raise PetsegError(

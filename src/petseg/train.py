@@ -40,6 +40,7 @@ from petseg.config import (
     RecipeConfig,
     TrainConfig,
     resolve_batch_size,
+    resolve_learning_rate,
     resolve_recipe,
     to_plain,
 )
@@ -117,6 +118,7 @@ class TrainState:
     partial: EpochProgress = field(default_factory=EpochProgress)  # steps into the next epoch
     grad_scaler: dict[str, Any] | None = None  # fp16's loss scale, when the run used one
     batch_size: int | None = None  # the resumed run's, kept where --batch_size is not given
+    learning_rate: float | None = None  # the peak rate the optimizer was built with
 
 
 def train_one_epoch(
@@ -233,6 +235,7 @@ def fit(
         model=state.model_config,
         recipe=resolve_recipe(config.recipe, model_type),
         batch_size=resolve_batch_size(config.batch_size or state.batch_size, model_type),
+        learning_rate=state.learning_rate,
     )
     if state.start_epoch >= config.epochs:
         print(
@@ -477,10 +480,20 @@ def restore_or_start(
         load_checkpoint(path) | {"_path": path} for path in (last_path, best_path) if path.exists()
     ]
     if not candidates:
-        model = build_model(config.model.model_type, **config.model.kwargs).to(device)
+        model_type = config.model.model_type
+        config = replace(
+            config, learning_rate=resolve_learning_rate(config.learning_rate, model_type)
+        )
+        model = build_model(model_type, **config.model.kwargs).to(device)
         optimizer = build_optimizer(model, config)
         return TrainState(
-            model, config.model, optimizer, start_epoch=0, best_dice=float("-inf"), history=[]
+            model,
+            config.model,
+            optimizer,
+            start_epoch=0,
+            best_dice=float("-inf"),
+            history=[],
+            learning_rate=config.learning_rate,
         )
 
     resume = max(candidates, key=lambda checkpoint: checkpoint.get("epoch", 0))
@@ -493,12 +506,17 @@ def restore_or_start(
     if "optimizer" not in resume or "epoch" not in resume:
         raise PetsegError(f"{resume_path}: has no training state to resume from")
     model = model_from_checkpoint(resume, resume_path).to(device)
+    saved = resume.get("config", {})
+    # the command line's rate wins, else the run's own, else (a checkpoint without a config)
+    # the model type's default
+    rate = config.learning_rate or saved.get("learning_rate")
+    config = replace(config, learning_rate=resolve_learning_rate(rate, resume["model_type"]))
     optimizer = build_optimizer(model, config)
     try:
         optimizer.load_state_dict(resume["optimizer"])
     except (ValueError, KeyError) as error:
         raise PetsegError(f"{resume_path}: optimizer state does not fit ({error})") from None
-    for group in optimizer.param_groups:  # the command line's rate and decay win
+    for group in optimizer.param_groups:  # the chosen rate and the command line's decay win
         group["lr"] = config.learning_rate
         group["weight_decay"] = optimizer.defaults["weight_decay"]
     best_dice = float(resume.get("best_dice", float("-inf")))
@@ -521,7 +539,8 @@ def restore_or_start(
         history,
         partial,
         resume.get("grad_scaler"),
-        resume.get("config", {}).get("batch_size"),
+        saved.get("batch_size"),
+        config.learning_rate,
     )
 
 

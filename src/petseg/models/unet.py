@@ -15,11 +15,11 @@ class UNet(nn.Module):
     """Encoder of DoubleConv + max-pool levels, a bottleneck doubling the widest width, a decoder of
     upsampling + skip concatenation + DoubleConv, and a 1x1 head returning logits.
 
-    upsample="transpose" (the classic UNet's, default): ConvTranspose2d halving the channels;
-    odd sizes are handled by padding in the decoder. upsample="nearest": a nearest-neighbour
-    resize keeping the channels, so each DoubleConv takes the full width plus the skip.
-    Any input height and width works. Default widths (64, 128, 256, 512) give 31,037,633
-    parameters with transpose upsampling, 31,384,833 with nearest.
+    upsample="nearest" (default): a nearest-neighbour resize keeping the channels, so each
+    DoubleConv takes the full width plus the skip. upsample="transpose" (the classic UNet's):
+    ConvTranspose2d halving the channels; odd sizes are handled by padding in the decoder.
+    Any input height and width works. Default widths (64, 128, 256, 512) give 31,384,833
+    parameters with nearest upsampling, 31,037,633 with transpose.
     """
 
     def __init__(
