@@ -15,7 +15,8 @@ bf16, and the thread count.
 
     python bench/quality.py ../shared/data/oxford-iiit-pet-sample --model_type resnet34_unet \
         --image_size 128 --epochs 40 --seeds 3
-    # the issue's reference recipe and model (the 7x7 stem, ReLU) through petseg's flags:
+    # the issue's reference recipe and model (ResNet34-UNet: the 7x7 stem, ReLU; UNet:
+    # ConvTranspose2d upsampling) through petseg's flags:
     python bench/quality.py DATA --recipe plain --epochs 40
     # any other `petseg train` flags after --, e.g. an ablation:
     python bench/quality.py DATA --epochs 40 -- --loss bce
@@ -55,10 +56,11 @@ RECIPES: dict[str, list[str]] = {
         "--learning-rate", "1e-4", "--augment", "lab", "--batch_size", "16",
     ],
 }  # fmt: skip
-# The references' model: the lab report's ResNet34-UNet, like smp's, has the 7x7 stem, ReLU
-# and no stochastic depth.
+# The references' models: the lab report's ResNet34-UNet, like smp's, has the 7x7 stem, ReLU
+# and no stochastic depth; its UNet, the classic one, upsamples with ConvTranspose2d.
 REFERENCE_MODEL_FLAGS: dict[str, list[str]] = {
-    "resnet34_unet": ["--stem", "classic", "--activation", "relu", "--drop_path", "0"]
+    "resnet34_unet": ["--stem", "classic", "--activation", "relu", "--drop_path", "0"],
+    "unet": ["--unet_upsample", "transpose"],
 }
 REPORTED = ("dice", "dice_dataset", "iou")
 

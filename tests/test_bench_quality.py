@@ -30,11 +30,17 @@ def test_the_references_train_the_lab_reports_resnet34_unet(
     assert (config.recipe.loss, config.recipe.optimizer, config.batch_size) == ("bce", "adam", 16)
 
 
-@pytest.mark.parametrize("recipe", ["default", "plain", "lab"])
-def test_the_unet_gets_no_resnet34_unet_flags(monkeypatch, tmp_path: Path, recipe: str) -> None:
+@pytest.mark.parametrize(
+    ("recipe", "upsample"), [("default", "nearest"), ("plain", "transpose"), ("lab", "transpose")]
+)
+def test_the_unet_references_train_the_classic_unet(
+    monkeypatch, tmp_path: Path, recipe: str, upsample: str
+) -> None:
     flags = quality.recipe_flags(recipe, "unet")  # the UNet refuses --stem, --drop_path, ...
     config = train_config(monkeypatch, tmp_path, "--model_type", "unet", *flags)
     assert config.model.model_type == "unet"
+    # ConvTranspose2d for the references whatever petseg's default, which the default measures
+    assert config.model.kwargs["upsample"] == upsample
 
 
 def test_the_default_recipe_adds_no_flags_so_it_measures_petsegs_own_defaults() -> None:
