@@ -408,7 +408,7 @@ def test_unet_trains_evaluates_and_predicts(sample_data: Path, tmp_path) -> None
     assert code == 0
     checkpoint = torch.load(model_path, weights_only=True)
     assert checkpoint["model_type"] == "unet"
-    assert checkpoint["model_kwargs"] == {"widths": [8, 16, 32, 64]}
+    assert checkpoint["model_kwargs"] == {"widths": [8, 16, 32, 64], "upsample": "nearest"}
     output = tmp_path / "test.json"
     assert (
         main(
