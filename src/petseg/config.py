@@ -12,7 +12,7 @@ DEFAULT_DATA_PATH = Path("data/oxford-iiit-pet")
 DEFAULT_UNET_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
 # UNet decoder upsampling (petseg.models.blocks.DecoderBlock): transpose is the classic UNet's;
 # nearest, with the UNet's lower peak rate below, scored above every run of the transpose
-# default in test Dice after 20 epochs on the sample, on both seeds run (README, Accuracy)
+# default in test Dice after 20 epochs on the sample, on all three seeds run (README, Accuracy)
 UNET_UPSAMPLES: tuple[str, ...] = ("nearest", "transpose")
 DEFAULT_UNET_UPSAMPLE = "nearest"
 # ResNet34-UNet decoder block widths, deepest first (the smp/lab decoder is 256,128,64,32,16)
