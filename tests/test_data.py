@@ -469,9 +469,28 @@ def test_train_transform_keeps_mask_and_image_aligned_exactly_without_rescaling(
 
 def test_only_the_lab_level_zooms_before_its_crop() -> None:
     assert train_resize_edge(128, "lab") == 143
+    assert train_resize_edge(128, "flip") == 128
     assert train_resize_edge(128, "strong") == 128  # its random scale zooms instead
     with pytest.raises(ValueError, match="unknown augment"):
         train_resize_edge(128, "heavy")
+
+
+def test_flip_level_gives_the_evaluation_input_or_its_mirror_and_nothing_else() -> None:
+    image, mask = red_marks_the_mask(50, 70)
+    plain_image, plain_mask = eval_transform(32)(image, mask)
+    mirrored = []
+    for seed in range(8):
+        out_image, out_mask = train_transform(32, seed=seed, augment="flip")(image, mask)
+        is_mirror = torch.equal(out_mask, plain_mask.flip(-1))
+        expected = (
+            (plain_image.flip(-1), plain_mask.flip(-1)) if is_mirror else (plain_image, plain_mask)
+        )
+        assert torch.equal(out_image, expected[0])
+        assert torch.equal(out_mask, expected[1])
+        mirrored.append(is_mirror)
+    # the off-centre rectangle came out in both orientations
+    assert any(mirrored)
+    assert not all(mirrored)
 
 
 def mask_edge(mask: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ DIST_TIMEOUT_S = 600.0
 LOSSES = ("bce", "dice", "bce_dice")
 SCHEDULERS = ("constant", "cosine", "onecycle")
 OPTIMIZERS = ("adam", "adamw")
-AUGMENTS = ("lab", "strong")
+AUGMENTS = ("lab", "flip", "strong")
 RECIPE = DEFAULTS.recipe
 BACKENDS = ("torch", "onnxruntime")  # mirrors petseg.predict.BACKENDS without importing torch
 PARITY_IMAGES = 8  # mirrors petseg.export.DEFAULT_PARITY_IMAGES
@@ -315,8 +315,9 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         "augment",
         choices=AUGMENTS,
         default=RECIPE.augment,
-        help="lab: the lab report's resize to 1.12x, random crop and flip; strong: the whole "
-        "image, flipped, randomly scaled, rotated and shifted, and colour jitter "
+        help="lab: the lab report's resize to 1.12x, random crop and flip; flip: the whole image, "
+        "flipped; strong: the whole image, flipped, randomly scaled, rotated and shifted, and "
+        "colour jitter "
         "(default: "
         + ", ".join(f"{level} for {model}" for model, level in DEFAULT_AUGMENT.items())
         + ")",

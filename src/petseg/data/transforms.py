@@ -18,9 +18,10 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # Training augmentation levels (see train_transform), each with the factor of the size that
 # the training pipeline first resizes to before its random size x size crop. lab zooms 1.12x, as
-# the lab report's resize-then-crop; strong zooms by its random scale instead and keeps the
-# whole image: without the extra zoom its test Dice rose on the sample (README, Accuracy).
-TRAIN_ZOOM: dict[str, float] = {"lab": 1.12, "strong": 1.0}
+# the lab report's resize-then-crop; flip is lab's flip on the whole image; strong zooms by its
+# random scale instead and keeps the whole image: without the extra zoom its test Dice rose on
+# the sample (README, Accuracy).
+TRAIN_ZOOM: dict[str, float] = {"lab": 1.12, "flip": 1.0, "strong": 1.0}
 AUGMENTS = tuple(TRAIN_ZOOM)
 
 
@@ -81,6 +82,7 @@ def train_transform(
     """Resize to train_resize_edge, then the `augment` level's random ops, crop to size, normalize.
 
     lab: the lab report's resize to 1.12x, random crop and horizontal flip;
+    flip: a resize to size and the horizontal flip, nothing else;
     strong: a resize to size, a random scale (0.75-1.25x), rotation (up to 15 degrees) and shift,
     the flip, and colour jitter; pixels moved in from outside are black background.
     resized_input: the inputs are already first_resize(train_resize_edge(size, augment))'s
