@@ -316,7 +316,7 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         choices=AUGMENTS,
         default=RECIPE.augment,
         help="lab: the lab report's resize to 1.12x, random crop and flip; flip: the whole image, "
-        "flipped; strong: the whole image, flipped, randomly scaled, rotated and shifted, and "
+        "flipped half the time; strong: the whole image, flipped, randomly scaled, rotated and shifted, and "
         "colour jitter "
         "(default: "
         + ", ".join(f"{level} for {model}" for model, level in DEFAULT_AUGMENT.items())
