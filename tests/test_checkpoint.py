@@ -374,6 +374,26 @@ def test_a_unet_checkpoint_rebuilds_the_upsampling_it_was_trained_with(
         assert torch.equal(rebuilt(images), model(images))
 
 
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_a_unet_checkpoint_rebuilds_the_activation_it_was_trained_with(activation: str) -> None:
+    torch.manual_seed(0)
+    model = build_model("unet", widths=[4, 8], activation=activation).eval()
+    saved = {"activation": activation} if activation == "silu" else {}  # as cli stores it
+    checkpoint = make_checkpoint(
+        model,
+        model_type="unet",
+        model_kwargs={"widths": [4, 8], "upsample": "nearest", **saved},
+        image_size=32,
+        mean=MEAN,
+        std=STD,
+    )
+    rebuilt = model_from_checkpoint(checkpoint).eval()  # the weights fit either activation
+    assert rebuilt.activation == activation
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), model(images))
+
+
 @pytest.mark.parametrize(
     "model_kwargs", [{"widths": [7, 16]}, {"depth": 5}], ids=["odd-width", "unknown-kwarg"]
 )

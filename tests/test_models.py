@@ -272,6 +272,17 @@ def test_the_activation_is_used_in_the_encoder_and_the_decoder_alike(
     assert sum(isinstance(m, kind) for m in model.modules()) == 3 + 16 + 10
 
 
+@pytest.mark.parametrize(("activation", "kind"), [("relu", nn.ReLU), ("silu", nn.SiLU)])
+def test_the_unet_uses_its_activation_in_every_double_conv(
+    activation: str, kind: type[nn.Module]
+) -> None:
+    model = UNet(widths=(8, 16), activation=activation)
+    activations = [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.SiLU))]
+    # 2 per DoubleConv: the stem, one level down, the bottleneck and two decoder blocks
+    assert len(activations) == 2 * 5 and all(type(m) is kind for m in activations)
+    assert UNet(widths=(8, 16)).activation == "relu"  # the classic UNet's when not chosen
+
+
 def test_the_activation_changes_the_outputs_not_the_parameters() -> None:
     models = []
     for activation in ("relu", "silu"):

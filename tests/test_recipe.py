@@ -336,6 +336,9 @@ def test_width_flags_reach_the_model_kwargs_in_both_spellings(monkeypatch, tmp_p
         assert chosen.kwargs["activation"] == activation
     unet = _model_config(monkeypatch, tmp_path, "--unet_widths", "8,16")
     assert (unet.model_type, unet.kwargs) == ("unet", {"widths": [8, 16], "upsample": "nearest"})
+    # the UNet's activation is stored only when chosen: without it the model is the ReLU UNet
+    silu = _model_config(monkeypatch, tmp_path, "--unet_widths", "8,16", "--activation", "silu")
+    assert silu.kwargs == {"widths": [8, 16], "upsample": "nearest", "activation": "silu"}
 
 
 @pytest.mark.parametrize(
@@ -344,7 +347,6 @@ def test_width_flags_reach_the_model_kwargs_in_both_spellings(monkeypatch, tmp_p
         (["--model_type", "resnet34_unet", "--decoder_widths", "64,32,16"], "needs 5 values"),
         (["--model_type", "unet", "--decoder_widths", "64,32,16,8,8"], "resnet34_unet only"),
         (["--model_type", "unet", "--stem", "classic"], "--stem applies to"),
-        (["--model_type", "unet", "--activation", "silu"], "--activation applies to"),
     ],
 )
 def test_bad_architecture_flags_are_one_line_errors(tmp_path, capsys, flags, message) -> None:

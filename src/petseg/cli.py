@@ -456,8 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
         "activation",
         choices=ACTIVATIONS,
         default=None,
-        help="resnet34_unet activation, in the encoder and the decoder: relu (as in torchvision "
-        f"and smp) or silu (default {DEFAULT_ACTIVATION})",
+        help="activation in the encoder and the decoder: relu (the classic UNet's, torchvision's "
+        f"and smp's) or silu; default {DEFAULT_ACTIVATION} for resnet34_unet, relu for unet",
     )
     _flag(
         train,
@@ -697,13 +697,16 @@ def _model_kwargs(
         for given, flag in ((decoder_widths is not None, "--decoder_widths"),
                             (deep_supervision, "--deep_supervision"),
                             (stem is not None, "--stem"),
-                            (activation is not None, "--activation"),
                             (drop_path is not None, "--drop_path")):  # fmt: skip
             if given:
                 raise PetsegError(f"{flag} applies to --model_type resnet34_unet only")
         # the upsampling always (older checkpoints, which lack it, had transpose; see
         # petseg.checkpoint.LEGACY_MODEL_KWARGS)
-        return {"widths": list(unet_widths), "upsample": unet_upsample or DEFAULT_UNET_UPSAMPLE}
+        # the activation only when set, so checkpoints without it load as the classic ReLU UNet
+        return {
+            "widths": list(unet_widths),
+            "upsample": unet_upsample or DEFAULT_UNET_UPSAMPLE,
+        } | ({"activation": activation} if activation is not None else {})
     widths = DEFAULT_DECODER_WIDTHS if decoder_widths is None else decoder_widths
     if len(widths) != len(DEFAULT_DECODER_WIDTHS):
         raise PetsegError(

@@ -18,6 +18,7 @@ class UNet(nn.Module):
     upsample="nearest" (default): a nearest-neighbour resize keeping the channels, so each
     DoubleConv takes the full width plus the skip. upsample="transpose" (the classic UNet's):
     ConvTranspose2d halving the channels; odd sizes are handled by padding in the decoder.
+    activation: "relu" (the classic UNet's, default) or "silu", in every DoubleConv.
     Any input height and width works. Default widths (64, 128, 256, 512) give 31,384,833
     parameters with nearest upsampling, 31,037,633 with transpose.
     """
@@ -28,6 +29,7 @@ class UNet(nn.Module):
         num_classes: int = 1,
         widths: Sequence[int] = DEFAULT_UNET_WIDTHS,
         upsample: Upsample = DEFAULT_UNET_UPSAMPLE,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         widths = tuple(int(width) for width in widths)
@@ -35,15 +37,17 @@ class UNet(nn.Module):
             raise ValueError(f"UNet widths must be even and >= 2, got {widths}")
         self.widths = widths
         self.upsample = upsample
-        self.stem = DoubleConv(in_channels, widths[0])
+        self.activation = activation
+        self.stem = DoubleConv(in_channels, widths[0], activation=activation)
         self.pool = nn.MaxPool2d(2)
         self.down = nn.ModuleList(
-            DoubleConv(widths[i], widths[i + 1]) for i in range(len(widths) - 1)
+            DoubleConv(widths[i], widths[i + 1], activation=activation)
+            for i in range(len(widths) - 1)
         )
-        self.bottleneck = DoubleConv(widths[-1], widths[-1] * 2)
+        self.bottleneck = DoubleConv(widths[-1], widths[-1] * 2, activation=activation)
         decoder_in = (widths[-1] * 2, *reversed(widths[1:]))
         self.up = nn.ModuleList(
-            DecoderBlock(c_in, skip, skip, upsample=upsample)
+            DecoderBlock(c_in, skip, skip, upsample=upsample, activation=activation)
             for c_in, skip in zip(decoder_in, reversed(widths), strict=True)
         )
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
