@@ -368,6 +368,31 @@ def test_deep_supervision_adds_auxiliary_outputs_in_training_only() -> None:
     assert isinstance(plain.train()(images), torch.Tensor)  # without it: logits alone
 
 
+def test_unet_deep_supervision_adds_auxiliary_outputs_in_training_only() -> None:
+    torch.manual_seed(0)
+    model = UNet(widths=(8, 16, 32), deep_supervision=True)
+    torch.manual_seed(0)
+    plain = UNet(widths=(8, 16, 32))
+    # the heads are made last: every other layer starts from the weights it has without them
+    for name, value in plain.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    images = torch.randn(2, 3, 64, 48)
+    logits, aux = model.train()(images)
+    assert logits.shape == (2, 1, 64, 48)
+    # one per decoder block but the last: at 1/4 and 1/2 of the input with three levels
+    assert [tuple(a.shape) for a in aux] == [(2, 1, 64 // s, 48 // s) for s in (4, 2)]
+    (logits.sum() + sum(a.sum() for a in aux)).backward()
+    assert all(head.weight.grad is not None for head in model.aux_heads)
+    # the training pass moved the BatchNorm statistics: give the plain model the same ones
+    plain.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads")}
+    )
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), plain(images))  # eval: the main head alone
+    assert isinstance(plain.train()(images), torch.Tensor)  # without it: logits alone
+
+
 def test_drop_path_rates_rise_linearly_from_the_first_block_to_the_last() -> None:
     encoder = ResNetEncoder(drop_path=0.3)
     rates = [block.drop_path for stage in encoder.stages for block in stage]

@@ -69,17 +69,24 @@ def test_a_non_finite_step_is_skipped_and_leaves_the_weights_alone() -> None:
             assert torch.equal(before[key], after[key]), key
 
 
-def test_deep_supervision_trains_the_auxiliary_heads_and_counts_their_loss() -> None:
+@pytest.mark.parametrize(
+    ("model_type", "kwargs"),
+    [("resnet34_unet", {"decoder_widths": [8, 8, 8, 8, 8]}), ("unet", {"widths": [4, 8, 16]})],
+)
+def test_deep_supervision_trains_the_auxiliary_heads_and_counts_their_loss(
+    model_type: str, kwargs: dict[str, list[int]]
+) -> None:
     torch.manual_seed(0)
-    model = build_model("resnet34_unet", decoder_widths=[8, 8, 8, 8, 8], deep_supervision=True)
+    model = build_model(model_type, **kwargs, deep_supervision=True)
     before = snapshot(model)
     data = batches(2, size=32)
     loss = run(model, nn.BCEWithLogitsLoss(), data)
     after = snapshot(model)
+    assert any(k.startswith("aux_heads") for k in before)
     assert all(not torch.equal(before[k], after[k]) for k in before if k.startswith("aux_heads"))
     # the reported loss is the deep-supervised one: above the main head's BCE alone
     torch.manual_seed(0)
-    plain = build_model("resnet34_unet", decoder_widths=[8, 8, 8, 8, 8])
+    plain = build_model(model_type, **kwargs)
     assert loss > run(plain, nn.BCEWithLogitsLoss(), data)
 
 

@@ -473,8 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--deep_supervision",
         "--deep-supervision",
         action="store_true",
-        help="resnet34_unet: also train a 1x1 head on each decoder block but the last (their "
-        "loss weighs 0.5); inference uses only the main head",
+        help="also train a 1x1 head on each decoder block but the last (their loss weighs "
+        "0.5); inference uses only the main head",
     )
     _add_recipe_flags(train)
     _add_precision_flag(train, DEFAULTS.precision)
@@ -695,18 +695,19 @@ def _model_kwargs(
         raise PetsegError("--unet_upsample applies to --model_type unet only")
     if model_type == "unet":
         for given, flag in ((decoder_widths is not None, "--decoder_widths"),
-                            (deep_supervision, "--deep_supervision"),
                             (stem is not None, "--stem"),
                             (drop_path is not None, "--drop_path")):  # fmt: skip
             if given:
                 raise PetsegError(f"{flag} applies to --model_type resnet34_unet only")
         # the upsampling always (older checkpoints, which lack it, had transpose; see
         # petseg.checkpoint.LEGACY_MODEL_KWARGS)
-        # the activation only when set, so checkpoints without it load as the classic ReLU UNet
-        return {
-            "widths": list(unet_widths),
-            "upsample": unet_upsample or DEFAULT_UNET_UPSAMPLE,
-        } | ({"activation": activation} if activation is not None else {})
+        # the activation and deep supervision only when set, so checkpoints without them load
+        # as the classic ReLU UNet without auxiliary heads
+        return (
+            {"widths": list(unet_widths), "upsample": unet_upsample or DEFAULT_UNET_UPSAMPLE}
+            | ({"activation": activation} if activation is not None else {})
+            | ({"deep_supervision": True} if deep_supervision else {})
+        )
     widths = DEFAULT_DECODER_WIDTHS if decoder_widths is None else decoder_widths
     if len(widths) != len(DEFAULT_DECODER_WIDTHS):
         raise PetsegError(

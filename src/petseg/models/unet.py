@@ -19,6 +19,9 @@ class UNet(nn.Module):
     DoubleConv takes the full width plus the skip. upsample="transpose" (the classic UNet's):
     ConvTranspose2d halving the channels; odd sizes are handled by padding in the decoder.
     activation: "relu" (the classic UNet's, default) or "silu", in every DoubleConv.
+    deep_supervision: a 1x1 head on each decoder block but the last; in training mode forward
+    returns (logits, [auxiliary logits at 1/8 .. 1/2 of the input size with the default widths])
+    for petseg.losses.deep_supervision_loss. In eval mode it returns the logits alone.
     Any input height and width works. Default widths (64, 128, 256, 512) give 31,384,833
     parameters with nearest upsampling, 31,037,633 with transpose.
     """
@@ -30,6 +33,7 @@ class UNet(nn.Module):
         widths: Sequence[int] = DEFAULT_UNET_WIDTHS,
         upsample: Upsample = DEFAULT_UNET_UPSAMPLE,
         activation: str = "relu",
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         widths = tuple(int(width) for width in widths)
@@ -51,12 +55,25 @@ class UNet(nn.Module):
             for c_in, skip in zip(decoder_in, reversed(widths), strict=True)
         )
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+        # made last, so the other layers start from the same weights as without
+        self.aux_heads = (
+            nn.ModuleList(nn.Conv2d(width, num_classes, 1) for width in reversed(widths[1:]))
+            if deep_supervision
+            else None
+        )
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         skips = [self.stem(images)]
         for down in self.down:
             skips.append(down(self.pool(skips[-1])))
         x = self.bottleneck(self.pool(skips[-1]))
-        for up, skip in zip(self.up, reversed(skips), strict=True):
+        aux: list[torch.Tensor] = []
+        heads = self.aux_heads if self.training and self.aux_heads is not None else []
+        for index, (up, skip) in enumerate(zip(self.up, reversed(skips), strict=True)):
             x = up(x, skip)
-        return self.head(x)  # (N, num_classes, H, W) logits
+            if index < len(heads):
+                aux.append(heads[index](x))
+        logits = self.head(x)  # (N, num_classes, H, W)
+        return (logits, aux) if heads else logits
