@@ -347,40 +347,29 @@ def test_decoder_block_rejects_an_unknown_upsample_mode() -> None:
         DecoderBlock(8, 4, 4, upsample="bilinear")  # type: ignore[arg-type]
 
 
-def test_deep_supervision_adds_auxiliary_outputs_in_training_only() -> None:
+@pytest.mark.parametrize(
+    ("model_type", "kwargs", "scales"),
+    [
+        # one head per decoder block but the last: at 1/16 .. 1/2 of the input for the
+        # ResNet34-UNet, at 1/4 and 1/2 for a three-level UNet
+        ("resnet34_unet", {"decoder_widths": (16, 16, 8, 8, 8)}, (16, 8, 4, 2)),
+        ("unet", {"widths": (8, 16, 32)}, (4, 2)),
+    ],
+)
+def test_deep_supervision_adds_auxiliary_outputs_in_training_only(
+    model_type: str, kwargs: dict[str, tuple[int, ...]], scales: tuple[int, ...]
+) -> None:
     torch.manual_seed(0)
-    model = ResNet34UNet(decoder_widths=(16, 16, 8, 8, 8), deep_supervision=True)
-    images = torch.randn(2, 3, 64, 48)
-    logits, aux = model.train()(images)
-    assert logits.shape == (2, 1, 64, 48)
-    # one per decoder block but the last, at 1/16, 1/8, 1/4 and 1/2 of the input
-    assert [tuple(a.shape) for a in aux] == [(2, 1, 64 // s, 48 // s) for s in (16, 8, 4, 2)]
-    (logits.sum() + sum(a.sum() for a in aux)).backward()
-    assert all(head.weight.grad is not None for head in model.aux_heads)
-
-    plain = ResNet34UNet(decoder_widths=(16, 16, 8, 8, 8))
-    plain.load_state_dict(
-        {k: v for k, v in model.state_dict().items() if not k.startswith("aux_heads")}
-    )
-    model.eval(), plain.eval()
-    with torch.no_grad():
-        assert torch.equal(model(images), plain(images))  # eval: the main head alone
-    assert isinstance(plain.train()(images), torch.Tensor)  # without it: logits alone
-
-
-def test_unet_deep_supervision_adds_auxiliary_outputs_in_training_only() -> None:
+    model = build_model(model_type, **kwargs, deep_supervision=True)
     torch.manual_seed(0)
-    model = UNet(widths=(8, 16, 32), deep_supervision=True)
-    torch.manual_seed(0)
-    plain = UNet(widths=(8, 16, 32))
+    plain = build_model(model_type, **kwargs)
     # the heads are made last: every other layer starts from the weights it has without them
     for name, value in plain.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
     images = torch.randn(2, 3, 64, 48)
     logits, aux = model.train()(images)
     assert logits.shape == (2, 1, 64, 48)
-    # one per decoder block but the last: at 1/4 and 1/2 of the input with three levels
-    assert [tuple(a.shape) for a in aux] == [(2, 1, 64 // s, 48 // s) for s in (4, 2)]
+    assert [tuple(a.shape) for a in aux] == [(2, 1, 64 // s, 48 // s) for s in scales]
     (logits.sum() + sum(a.sum() for a in aux)).backward()
     assert all(head.weight.grad is not None for head in model.aux_heads)
     # the training pass moved the BatchNorm statistics: give the plain model the same ones
