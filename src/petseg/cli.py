@@ -23,6 +23,7 @@ from petseg.config import (
     DEFAULT_LEARNING_RATE,
     DEFAULT_NUM_WORKERS,
     DEFAULT_STEM,
+    DEFAULT_UNET_ACTIVATION,
     DEFAULT_UNET_UPSAMPLE,
     DEFAULT_UNET_WIDTHS,
     INFERENCE_BATCH_SIZE,
@@ -457,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ACTIVATIONS,
         default=None,
         help="activation in the encoder and the decoder: relu (the classic UNet's, torchvision's "
-        f"and smp's) or silu; default {DEFAULT_ACTIVATION} for resnet34_unet, relu for unet",
+        f"and smp's) or silu; default {DEFAULT_ACTIVATION} for resnet34_unet, "
+        f"{DEFAULT_UNET_ACTIVATION} for unet",
     )
     _flag(
         train,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from petseg.config import DEFAULT_UNET_UPSAMPLE, DEFAULT_UNET_WIDTHS
+from petseg.config import DEFAULT_UNET_ACTIVATION, DEFAULT_UNET_UPSAMPLE, DEFAULT_UNET_WIDTHS
 from petseg.models.blocks import DecoderBlock, DoubleConv, Upsample
 
 
@@ -32,7 +32,7 @@ class UNet(nn.Module):
         num_classes: int = 1,
         widths: Sequence[int] = DEFAULT_UNET_WIDTHS,
         upsample: Upsample = DEFAULT_UNET_UPSAMPLE,
-        activation: str = "relu",
+        activation: str = DEFAULT_UNET_ACTIVATION,
         deep_supervision: bool = False,
     ) -> None:
         super().__init__()
