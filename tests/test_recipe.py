@@ -279,6 +279,21 @@ def test_the_tuned_threshold_is_stored_and_used_by_evaluate_and_predict(
         assert not np.asarray(written).any()
 
 
+def test_onecycle_rises_over_the_chosen_warmup_epochs(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "pets")  # 18 train images: 4 steps of 4 per epoch
+    model_path = tmp_path / "m.pt"
+    argv = train_args(data, model_path, "--epochs", "2", "--scheduler", "onecycle",
+                      "--warmup_epochs", "1", "-lr", "0.01")  # fmt: skip
+    assert cli.main(argv) == 0
+    with history_path(model_path).open() as handle:
+        rates = [float(row["learning_rate"]) for row in csv.DictReader(handle)]
+    # the first epoch's last step is the peak; OneCycleLR's 30% would have peaked at step 1
+    assert rates[0] == pytest.approx(0.01)
+    assert rates[1] == pytest.approx(
+        learning_rate_at(7, base_lr=0.01, total_steps=8, scheduler="onecycle", warmup_steps=4)
+    )
+
+
 def test_training_follows_the_schedule_and_stores_a_tuned_threshold(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "pets")  # 18 train images: 4 steps of 4 per epoch
     model_path = tmp_path / "m.pt"

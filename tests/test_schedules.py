@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from petseg.errors import PetsegError
-from petseg.schedules import COSINE_FLOOR, learning_rate_at
+from petseg.schedules import (
+    COSINE_FLOOR,
+    COSINE_WARMUP_EPOCHS,
+    learning_rate_at,
+    resolve_warmup_epochs,
+)
 
 
 def test_constant_is_the_base_rate_everywhere() -> None:
@@ -50,6 +55,41 @@ def test_onecycle_peaks_at_thirty_percent() -> None:
     assert max(rates) == pytest.approx(2e-3)
     assert rates.index(max(rates)) == 29
     assert rates[0] == pytest.approx(2e-3 / 25)
+
+
+@pytest.mark.parametrize(("total_steps", "warmup_steps"), [(100, 10), (340, 34), (50, 2)])
+def test_onecycle_with_a_chosen_warmup_matches_onecyclelr_pct_start(
+    total_steps: int, warmup_steps: int
+) -> None:
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([parameter], lr=1e-3)
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, 1e-3, total_steps=total_steps, pct_start=warmup_steps / total_steps
+    )
+    rates = []
+    for step in range(total_steps):
+        kwargs = {"total_steps": total_steps, "scheduler": "onecycle", "warmup_steps": warmup_steps}
+        rates.append(learning_rate_at(step, base_lr=1e-3, **kwargs))
+        assert rates[-1] == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-9), step
+        optimizer.step()
+        reference.step()
+    assert rates.index(max(rates)) == warmup_steps - 1
+
+
+def test_onecycle_without_warmup_starts_at_the_peak_and_decays() -> None:
+    rates = [
+        learning_rate_at(s, base_lr=1e-3, total_steps=20, scheduler="onecycle", warmup_steps=0)
+        for s in range(20)
+    ]
+    assert rates[0] == pytest.approx(1e-3, rel=1e-2)
+    assert all(a > b for a, b in itertools.pairwise(rates))
+
+
+def test_each_schedule_has_its_own_default_warmup() -> None:
+    assert resolve_warmup_epochs("cosine", None) == COSINE_WARMUP_EPOCHS
+    assert resolve_warmup_epochs("onecycle", None) is None  # OneCycleLR's 30%
+    assert resolve_warmup_epochs("onecycle", 2.0) == 2.0
+    assert resolve_warmup_epochs("cosine", 0.0) == 0.0
 
 
 def test_unknown_scheduler_is_a_clear_error() -> None:

@@ -34,6 +34,7 @@ from petseg.config import (
     TrainConfig,
 )
 from petseg.errors import PetsegError
+from petseg.schedules import COSINE_WARMUP_EPOCHS  # torch-free
 
 MODEL_TYPES = ("unet", "resnet34_unet")  # mirrors petseg.models.MODELS without importing torch
 SPLITS = ("train", "valid", "test")
@@ -301,7 +302,8 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         choices=SCHEDULERS,
         default=RECIPE.scheduler,
         help="learning rate per step: constant; cosine (linear warmup, then cosine decay to 1%% "
-        "of the peak); onecycle (torch's OneCycleLR curve, warmup over 30%% of the steps) "
+        "of the peak); onecycle (torch's OneCycleLR curve, warmup over 30%% of the steps unless "
+        "--warmup_epochs says otherwise) "
         f"(default {RECIPE.scheduler})",
     )
     _flag(
@@ -309,7 +311,9 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         "warmup_epochs",
         type=_number(float, 0.0),
         default=RECIPE.warmup_epochs,
-        help=f"linear warmup of the cosine schedule (default {RECIPE.warmup_epochs:g})",
+        help="epochs of rising rate: the cosine schedule's linear warmup (default "
+        f"{COSINE_WARMUP_EPOCHS:g}) or the onecycle schedule's rise to its peak (default 30%% "
+        "of the training)",
     )
     _flag(
         recipe,

@@ -80,7 +80,8 @@ class RecipeConfig:
     optimizer: str = "adamw"  # adam | adamw
     weight_decay: float = 1e-2
     scheduler: str = "onecycle"  # petseg.schedules.SCHEDULERS
-    warmup_epochs: float = 1.0  # linear warmup of the cosine schedule
+    # the schedule's rise to its peak; None: 1 epoch (cosine), 30% of the steps (onecycle)
+    warmup_epochs: float | None = None
     augment: str | None = None  # petseg.data.transforms.AUGMENTS; None: DEFAULT_AUGMENT's
     # Choose the decision threshold on the valid split after training. Off: on the sample's 30
     # valid images the tuned threshold did not raise test Dice (README, Accuracy).
@@ -125,7 +126,7 @@ class TrainConfig:
                 f"--weight_decay cannot be negative, got {self.recipe.weight_decay}",
             ),
             (
-                self.recipe.warmup_epochs >= 0,
+                self.recipe.warmup_epochs is None or self.recipe.warmup_epochs >= 0,
                 f"--warmup_epochs cannot be negative, got {self.recipe.warmup_epochs}",
             ),
         ]

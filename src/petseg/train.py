@@ -69,7 +69,7 @@ from petseg.runtime import (
     seed_everything,
     stop_requests_on_ctrl_c,
 )
-from petseg.schedules import learning_rate_at
+from petseg.schedules import learning_rate_at, resolve_warmup_epochs
 
 OPTIMIZERS = ("adam", "adamw")
 # Decision thresholds tried on the valid split after training (--tune_threshold).
@@ -289,6 +289,9 @@ def fit(
         else math.ceil(len(order) / config.batch_size)
     )
 
+    warmup_epochs = resolve_warmup_epochs(config.recipe.scheduler, config.recipe.warmup_epochs)
+    warmup_steps = None if warmup_epochs is None else round(warmup_epochs * steps_per_epoch)
+
     def schedule(epoch: int) -> Callable[[int], float]:
         """The learning rate at each batch of `epoch`, from the global step."""
         return lambda batch: learning_rate_at(
@@ -296,7 +299,7 @@ def fit(
             base_lr=config.learning_rate,
             total_steps=config.epochs * steps_per_epoch,
             scheduler=config.recipe.scheduler,
-            warmup_steps=round(config.recipe.warmup_epochs * steps_per_epoch),
+            warmup_steps=warmup_steps,
         )
 
     precision = resolve_precision(config.precision, device)
@@ -558,9 +561,10 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 def describe_recipe(config: TrainConfig) -> str:
     """One line: loss, optimizer, schedule, augmentation, threshold choice."""
     recipe: RecipeConfig = config.recipe
+    warmup_epochs = resolve_warmup_epochs(recipe.scheduler, recipe.warmup_epochs)
     warmup = (
-        f", {recipe.warmup_epochs:g} warmup epochs"
-        if recipe.scheduler == "cosine" and recipe.warmup_epochs
+        f", {warmup_epochs:g} warmup epochs"
+        if warmup_epochs is not None and recipe.scheduler != "constant"
         else ""
     )
     return (
