@@ -27,6 +27,7 @@ from petseg.checkpoint import (
 )
 from petseg.config import (
     RecipeConfig,
+    TrainConfig,
     resolve_batch_size,
     resolve_learning_rate,
     resolve_recipe,
@@ -44,7 +45,12 @@ from petseg.losses import LOSSES
 from petseg.models import build_model
 from petseg.predict import predict_masks
 from petseg.schedules import SCHEDULERS, learning_rate_at
-from petseg.train import OPTIMIZERS, THRESHOLD_CANDIDATES, tune_checkpoint_threshold
+from petseg.train import (
+    OPTIMIZERS,
+    THRESHOLD_CANDIDATES,
+    describe_recipe,
+    tune_checkpoint_threshold,
+)
 from test_robustness import fails_with, make_dataset, train_args
 
 SIZE = 16
@@ -277,6 +283,23 @@ def test_the_tuned_threshold_is_stored_and_used_by_evaluate_and_predict(
     predict_masks(path, tmp_path / "out5", inputs=[photo], num_workers=0, threshold=0.5)
     with Image.open(tmp_path / "out5" / f"{names[0]}.png") as written:
         assert not np.asarray(written).any()
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "warmup_epochs", "shown"),
+    [("onecycle", None, None), ("onecycle", 4.0, "4 warmup epochs"),
+     ("cosine", None, "1 warmup epochs"), ("constant", 2.0, None)],
+)  # fmt: skip
+def test_the_recipe_line_names_the_warmup_that_training_uses(
+    scheduler: str, warmup_epochs: float | None, shown: str | None
+) -> None:
+    recipe = RecipeConfig(scheduler=scheduler, warmup_epochs=warmup_epochs, augment="lab")
+    line = describe_recipe(TrainConfig(recipe=recipe, learning_rate=1e-3, batch_size=4))
+    assert f"{scheduler} schedule" in line
+    if shown is None:
+        assert "warmup" not in line
+    else:
+        assert f"{scheduler} schedule, {shown}," in line
 
 
 def test_onecycle_rises_over_the_chosen_warmup_epochs(tmp_path: Path) -> None:
