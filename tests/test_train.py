@@ -1,8 +1,10 @@
 """The training step: non-finite losses are skipped, then stop the run; autocast precision;
---compile."""
+--compile; the epoch line's estimate of the time left."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from petseg.cli import main
 from petseg.errors import PetsegError
 from petseg.evaluate import evaluate_model
 from petseg.models import build_model
-from petseg.train import gradients_finite, train_one_epoch
+from petseg.train import gradients_finite, time_left, train_one_epoch
 
 CPU = torch.device("cpu")
 
@@ -181,3 +183,56 @@ def test_compile_with_inductor_trains_and_evaluates(pets, tmp_path) -> None:
     assert_plain_state_dict(model_path)
     argv = ["evaluate", "--model_path", str(model_path), "--data_path", str(pets), "--compile"]
     assert main([*argv, "--num_workers", "0"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("epoch_seconds", "epochs_left", "expected"),
+    [
+        ([10.0, 20.0], 3, ", about 45 s left"),
+        ([100.0, 300.0], 3, ", about 10 min left"),
+        ([0.1], 2, ", about 1 s left"),
+        ([1477.5], 49, ", about 20.1 h left"),
+        ([60.0], 90, ", about 1.5 h left"),
+        ([60.0], 0, ""),
+        ([], 5, ""),
+    ],
+)
+def test_time_left_scales_the_mean_epoch_by_the_epochs_left(
+    epoch_seconds: list[float], epochs_left: int, expected: str
+) -> None:
+    assert time_left(epoch_seconds, epochs_left) == expected
+
+
+def test_each_epoch_line_but_the_last_estimates_the_time_left(pets, tmp_path, capsys) -> None:
+    argv = compile_argv(pets, tmp_path / "m.pt")
+    argv = [*argv[: argv.index("--epochs")], "--epochs", "2", "--num_workers", "0"]
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "train loss" in line]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert lines[0].endswith(" s left") and "left" not in lines[1]
+
+
+def test_a_resumed_part_of_an_epoch_is_not_timed_for_the_estimate(
+    pets, tmp_path, capsys, monkeypatch
+) -> None:
+    model_path = tmp_path / "m.pt"
+    argv = [*compile_argv(pets, model_path)[:-5], "--epochs", "3", "--num_workers", "0"]
+
+    @contextlib.contextmanager
+    def ctrl_c_on_poll(enabled: bool = True):
+        # polled before each batch and after each epoch: epoch 1 = 2 whole batches (10
+        # images, batch 4) + 1, so the 5th poll comes before the 2nd batch of epoch 2
+        polls = itertools.count(1)
+        yield lambda: next(polls) >= 5
+
+    monkeypatch.setattr("petseg.train.stop_requests_on_ctrl_c", ctrl_c_on_poll)
+    assert main(argv) == 130
+    saved = torch.load(model_path.with_name("m.last.pt"), weights_only=True)
+    assert saved["epoch"] == 1 and saved["partial_epoch"]["batches"] == 1
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "train loss" in line]
+    # epoch 2 ran one batch short of whole: no estimate though epoch 3 is left
+    assert [line.split()[1] for line in lines] == ["2/3", "3/3"]
+    assert all("left" not in line for line in lines)

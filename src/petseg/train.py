@@ -200,6 +200,18 @@ def train_one_epoch(
     return done
 
 
+def time_left(epoch_seconds: list[float], epochs_left: int) -> str:
+    """', about 2.5 h left' from the mean of epoch times; '' when no epoch is left or timed."""
+    if epochs_left <= 0 or not epoch_seconds:
+        return ""
+    left = epochs_left * sum(epoch_seconds) / len(epoch_seconds)
+    if left < 90:
+        return f", about {max(left, 1):.0f} s left"
+    if left < 90 * 60:
+        return f", about {left / 60:.0f} min left"
+    return f", about {left / 3600:.1f} h left"
+
+
 def gradients_finite(model: nn.Module) -> bool:
     """Whether every gradient is finite, read from their norms: one reduction per tensor.
     (isfinite per element took 80 ms of CPU per ResNet34-UNet step, and seconds of spinning
@@ -347,6 +359,7 @@ def fit(
             **extra,
         )
 
+    whole_epoch_seconds: list[float] = []  # this run's epochs, for the time-left estimate
     with stop_requests_on_ctrl_c(enabled=not world.distributed) as stop_requested:
         for epoch in range(state.start_epoch + 1, config.epochs + 1):
             # Shuffle order and augmentation depend on (seed, epoch) only, so a resumed run
@@ -397,6 +410,8 @@ def fit(
             evaluation = distributed.gather_evaluation(evaluation, len(valid_set), world)
             scores = evaluation.scores.summary()
             seconds = time.perf_counter() - started
+            if start.batches == 0:  # a resumed part of an epoch would make the estimate short
+                whole_epoch_seconds.append(seconds)
             improved = scores["dice"] > best_dice
             best_dice = max(best_dice, scores["dice"])
             history.append(
@@ -424,6 +439,7 @@ def fit(
                 f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  "
                 f"valid loss {evaluation.loss:.4f}  valid Dice {scores['dice']:.4f}"
                 f"{'  (best, saved)' if improved else ''}  {seconds:.1f} s"
+                f"{time_left(whole_epoch_seconds, config.epochs - epoch)}"
             )
             if stop_requested():  # Ctrl-C during validation: the epoch is saved whole
                 raise KeyboardInterrupt
