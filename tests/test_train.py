@@ -216,7 +216,8 @@ def test_a_resumed_part_of_an_epoch_is_not_timed_for_the_estimate(
     pets, tmp_path, capsys, monkeypatch
 ) -> None:
     model_path = tmp_path / "m.pt"
-    argv = [*compile_argv(pets, model_path)[:-5], "--epochs", "3", "--num_workers", "0"]
+    argv = compile_argv(pets, model_path)
+    argv = [*argv[: argv.index("--epochs")], "--epochs", "3", "--num_workers", "0"]
 
     @contextlib.contextmanager
     def ctrl_c_on_poll(enabled: bool = True):
