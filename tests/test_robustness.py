@@ -95,6 +95,18 @@ def fails_with(capsys: pytest.CaptureFixture, argv: list[str], *fragments: str) 
     return lines[0]
 
 
+def ctrl_c_at_poll(count: int):
+    """A stand-in for petseg.train.stop_requests_on_ctrl_c: Ctrl-C from its COUNTth poll on
+    (training polls before each batch and after each epoch)."""
+
+    @contextlib.contextmanager
+    def stop_requests(enabled: bool = True):
+        polls = itertools.count(1)
+        yield lambda: next(polls) >= count
+
+    return stop_requests
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -472,14 +484,9 @@ def test_resume_after_ctrl_c_in_mid_epoch_is_exact(data, tmp_path, monkeypatch) 
     extra = ("--num_workers", "2", "--learning-rate", "1e-3", "--epochs", "2")
     assert main([*train_args(data, straight, *extra)]) == 0
 
-    @contextlib.contextmanager
-    def ctrl_c_on_poll(enabled: bool = True):
-        # polled before each batch and after each epoch: epoch 1 = 4 batches (18 images,
-        # batch 4) + 1, so the 7th poll comes before the 2nd batch of epoch 2
-        polls = itertools.count(1)
-        yield lambda: next(polls) >= 7
-
-    monkeypatch.setattr("petseg.train.stop_requests_on_ctrl_c", ctrl_c_on_poll)
+    # polled before each batch and after each epoch: epoch 1 = 4 batches (18 images, batch 4)
+    # + 1, so the 7th poll comes before the 2nd batch of epoch 2
+    monkeypatch.setattr("petseg.train.stop_requests_on_ctrl_c", ctrl_c_at_poll(7))
     assert main([*train_args(data, interrupted, *extra)]) == 130
     saved = torch.load(last_checkpoint_path(interrupted), weights_only=True)
     assert saved["epoch"] == 1 and saved["partial_epoch"]["batches"] == 1

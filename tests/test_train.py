@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from petseg.errors import PetsegError
 from petseg.evaluate import evaluate_model
 from petseg.models import build_model
 from petseg.train import gradients_finite, time_left, train_one_epoch
+from test_robustness import ctrl_c_at_poll
 
 CPU = torch.device("cpu")
 
@@ -219,14 +218,9 @@ def test_a_resumed_part_of_an_epoch_is_not_timed_for_the_estimate(
     argv = compile_argv(pets, model_path)
     argv = [*argv[: argv.index("--epochs")], "--epochs", "3", "--num_workers", "0"]
 
-    @contextlib.contextmanager
-    def ctrl_c_on_poll(enabled: bool = True):
-        # polled before each batch and after each epoch: epoch 1 = 2 whole batches (10
-        # images, batch 4) + 1, so the 5th poll comes before the 2nd batch of epoch 2
-        polls = itertools.count(1)
-        yield lambda: next(polls) >= 5
-
-    monkeypatch.setattr("petseg.train.stop_requests_on_ctrl_c", ctrl_c_on_poll)
+    # epoch 1 = 2 whole batches (10 images, batch 4) + 1 poll, so the 5th poll comes before
+    # the 2nd batch of epoch 2
+    monkeypatch.setattr("petseg.train.stop_requests_on_ctrl_c", ctrl_c_at_poll(5))
     assert main(argv) == 130
     saved = torch.load(model_path.with_name("m.last.pt"), weights_only=True)
     assert saved["epoch"] == 1 and saved["partial_epoch"]["batches"] == 1
