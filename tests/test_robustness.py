@@ -1,6 +1,6 @@
 """Bad inputs get one clear line and exit code 2; crashes lose at most the running epoch.
 
-Each test of the first part is one row of the table in docs/errors.md (the row id is in the
+Each test of the first part is one row of the table in docs/robustness.md (the row id is in the
 test name). Data is synthetic: a small copy of the official layout built per test.
 """
 
@@ -345,6 +345,59 @@ def test_row23_threshold_out_of_range(checkpoint_path, tmp_path, capsys) -> None
     assert exit_info.value.code == 2
     assert "argument --threshold: must be between 0 and 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def truncated_jpeg(path: Path) -> None:
+    """A JPEG cut in half: its header reads, its pixels do not decode."""
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=95)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """a.jpg, c.jpg readable; b.jpg not an image; d.jpg truncated."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a", "c"):
+        Image.new("RGB", (30, 20), (200, 40, 40)).save(folder / f"{name}.jpg")
+    (folder / "b.jpg").write_text("not an image")
+    truncated_jpeg(folder / "d.jpg")
+    return folder
+
+
+def test_row39_an_unreadable_photo_stops_predict(checkpoint_path, photos, tmp_path, capsys):
+    args = predict_args(checkpoint_path, tmp_path / "out", photos)
+    fails_with(capsys, args, str(photos / "b.jpg"), "not an image", "--skip_bad")
+    assert not (tmp_path / "out").exists()
+    (photos / "b.jpg").unlink()  # left: a truncated JPEG, found only when decoded
+    fails_with(capsys, args, str(photos / "d.jpg"), "cannot decode image", "--skip_bad")
+
+
+def test_row39_skip_bad_leaves_unreadable_photos_out(checkpoint_path, photos, tmp_path, capsys):
+    # batch 1: the truncated JPEG is a batch of its own, with nothing to stack
+    out = tmp_path / "out"
+    args = [*predict_args(checkpoint_path, out, photos), "--skip_bad", "--batch_size", "1"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
+    skipped = [line for line in captured.err.splitlines() if line.startswith("petseg: skipping")]
+    assert len(skipped) == 2
+    assert str(photos / "b.jpg") in skipped[0] and str(photos / "d.jpg") in skipped[1]
+    assert "masks of 2 images" in captured.out and "2 unreadable left out" in captured.out
+    for name in ("a", "c"):
+        (photos / f"{name}.jpg").unlink()
+    fails_with(capsys, args, "no readable image left")
+
+
+def test_row39_skip_bad_on_a_split(checkpoint_path, data, tmp_path, capsys) -> None:
+    truncated_jpeg(data / "images" / f"{TEST[0]}.jpg")
+    args = ["predict", "--model_path", str(checkpoint_path), "--data_path", str(data),
+            "--save_dir", str(tmp_path / "out"), "--num_workers", "0"]  # fmt: skip
+    fails_with(capsys, args, f"{TEST[0]}.jpg", "--skip_bad")
+    assert main([*args, "--skip_bad"]) == 0
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{TEST[1]}.png"]
+    assert f"skipping {data / 'images' / TEST[0]}.jpg" in capsys.readouterr().err
 
 
 # --- numbers and devices ----------------------------------------------------------------------

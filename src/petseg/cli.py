@@ -615,6 +615,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write NAME_cutout.png: RGBA, the pet on a transparent background",
     )
+    _flag(
+        predict,
+        "skip_bad",
+        action="store_true",
+        help="leave out images that cannot be read (not an image, truncated, missing) with a "
+        "warning each, instead of stopping at the first",
+    )
     _add_tta_flag(predict)
     _add_largest_component_flag(predict)
     _add_precision_flag(predict, "auto")
@@ -835,6 +842,7 @@ def run_predict(args: argparse.Namespace) -> None:
         backend=args.backend,
         compile=args.compile,
         largest_component=args.largest_component,
+        skip_bad=args.skip_bad,
     )
 
 

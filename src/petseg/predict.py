@@ -11,6 +11,7 @@ preprocessing it expects; loading, resizing back and writing are the same for bo
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,15 @@ OVERLAY_SUFFIX, CUTOUT_SUFFIX = "_overlay", "_cutout"  # NAME_overlay.png, NAME_
 
 Item = tuple[torch.Tensor, tuple[int, int], int, np.ndarray | None]
 BACKENDS = ("torch", "onnxruntime")
+SKIP_BAD_HINT = "pass --skip_bad to leave unreadable images out"
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An image that failed to decode in the loader, with the reason (with skip_bad only)."""
+
+    index: int
+    message: str
 
 
 @dataclass(frozen=True)
@@ -164,20 +174,31 @@ class ImageFiles(Dataset):
     """Images for inference: (image tensor at the model size, original (H, W), index, original).
 
     keep_original: also return the decoded (H, W, 3) uint8 image (else None), for the pictures.
+    skip_bad: an image that does not decode becomes an Unreadable instead of an error.
     """
 
     def __init__(
-        self, paths: Sequence[Path], transform: PairTransform, keep_original: bool = False
+        self,
+        paths: Sequence[Path],
+        transform: PairTransform,
+        keep_original: bool = False,
+        skip_bad: bool = False,
     ) -> None:
         self.paths = list(paths)
         self.transform = transform
         self.keep_original = keep_original
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Item:
-        image = load_rgb(self.paths[index], exif_transpose=True)
+    def __getitem__(self, index: int) -> Item | Unreadable:
+        try:
+            image = load_rgb(self.paths[index], exif_transpose=True)
+        except PetsegError as error:
+            if self.skip_bad:
+                return Unreadable(index, str(error))
+            raise PetsegError(f"{error}; {SKIP_BAD_HINT}") from None
         original = image if self.keep_original else None
         return self.transform.image_only(image), image.shape[:2], index, original
 
@@ -197,9 +218,30 @@ def collect_images(inputs: Iterable[Path]) -> list[Path]:
             paths.append(item)
         else:
             raise PetsegError(f"{item}: no such file or folder")
-    for path in paths:
-        probe_image(path)
     return paths
+
+
+def readable_images(paths: Sequence[Path], skip_bad: bool = False) -> list[Path]:
+    """The paths whose header reads as an image. The first that does not stops here, before any
+    work, or with skip_bad each is reported on stderr and left out."""
+    readable = []
+    for path in paths:
+        try:
+            probe_image(path)
+        except PetsegError as error:
+            if not skip_bad:
+                raise PetsegError(f"{error}; {SKIP_BAD_HINT}") from None
+            warn_skipped(str(error))
+        else:
+            readable.append(path)
+    if not readable:
+        raise PetsegError("no readable image left to predict")
+    return readable
+
+
+def warn_skipped(message: str) -> None:
+    """One line on stderr per image left out (skip_bad), clear of the progress bar."""
+    tqdm.write(f"petseg: skipping {message}", file=sys.stderr)
 
 
 def probe_image(path: Path) -> None:
@@ -260,6 +302,7 @@ def predict_masks(
     backend: str | None = None,
     compile: bool = False,
     largest_component: bool = False,
+    skip_bad: bool = False,
 ) -> list[Path]:
     """Write one 0/255 PNG mask per image, named after it, at its original size.
 
@@ -268,7 +311,8 @@ def predict_masks(
     NAME_overlay.png and NAME_cutout.png. backend: "torch" (a checkpoint) or "onnxruntime"
     (a .onnx file from petseg export); None picks by the file's suffix. compile:
     torch.compile the model (torch backend). largest_component: keep each mask's largest
-    connected region only (it drops the smaller of two pets). Returns the paths written.
+    connected region only (it drops the smaller of two pets). skip_bad: leave out images that
+    cannot be read, with a warning each, instead of stopping. Returns the paths written.
     """
     predictor = load_predictor(
         model_path,
@@ -280,10 +324,11 @@ def predict_masks(
         compile=compile,
     )
     if inputs:
-        paths = collect_images(inputs)
+        given = collect_images(inputs)
+        paths = readable_images(given, skip_bad)
     elif data_path is not None:
         ensure_dataset(data_path, mirror)
-        paths = split_images(data_path, split)
+        given = paths = split_images(data_path, split)
     else:
         raise PetsegError("predict needs image files or folders, or --data_path for a split")
     check_output_names(paths, overlays, cutouts)
@@ -298,6 +343,7 @@ def predict_masks(
         paths,
         eval_transform(size, predictor.mean, predictor.std),
         keep_original=overlays or cutouts,
+        skip_bad=skip_bad,
     )
     loader = make_loader(
         dataset,
@@ -308,9 +354,15 @@ def predict_masks(
         collate_fn=_collate,
     )
     written: list[Path] = []
-    for images, sizes, indices, originals in tqdm(
+    skipped = 0
+    for images, sizes, indices, originals, unreadable in tqdm(
         loader, desc="predict", unit="batch", dynamic_ncols=True
     ):
+        for bad in unreadable:
+            warn_skipped(bad.message)
+        skipped += len(unreadable)
+        if images is None:
+            continue
         probs = predictor.probabilities(images.to(predictor.device, non_blocking=True))
         for prob, (height, width), index, original in zip(
             probs, sizes, indices, originals, strict=True
@@ -336,17 +388,30 @@ def predict_masks(
         k for k, wanted in (("overlays", overlays), ("cut-outs", cutouts)) if wanted
     ]
     what = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
+    skipped += len(given) - len(paths)
+    done = len(given) - skipped
+    if not done:
+        raise PetsegError("no readable image left to predict")
+    left_out = f", {skipped} unreadable left out" if skipped else ""
     print(
-        f"wrote {what} of {len(paths)} image{'s' if len(paths) != 1 else ''} to {save_dir} "
+        f"wrote {what} of {done} image{'s' if done != 1 else ''} to {save_dir} "
         f"(0 = background, 255 = pet, threshold {threshold:.2f}{', flip TTA' if tta else ''}"
         f"{', largest region only' if largest_component else ''}, "
         f"model size {size}x{size}, {predictor.description}, saved at each image's size)"
+        f"{left_out}"
     )
     return written
 
 
 def _collate(
-    batch: list[Item],
-) -> tuple[torch.Tensor, list[tuple[int, int]], list[int], list[np.ndarray | None]]:
-    images, sizes, indices, originals = zip(*batch, strict=True)
-    return torch.stack(images), list(sizes), list(indices), list(originals)
+    batch: list[Item | Unreadable],
+) -> tuple[
+    torch.Tensor | None, list[tuple[int, int]], list[int], list[np.ndarray | None], list[Unreadable]
+]:
+    """Stack the readable items; the unreadable ones (skip_bad) come apart, to be reported."""
+    unreadable = [item for item in batch if isinstance(item, Unreadable)]
+    items = [item for item in batch if not isinstance(item, Unreadable)]
+    if not items:
+        return None, [], [], [], unreadable
+    images, sizes, indices, originals = zip(*items, strict=True)
+    return torch.stack(images), list(sizes), list(indices), list(originals), unreadable
