@@ -392,12 +392,17 @@ def test_row39_skip_bad_leaves_unreadable_photos_out(checkpoint_path, photos, tm
 
 def test_row39_skip_bad_on_a_split(checkpoint_path, data, tmp_path, capsys) -> None:
     truncated_jpeg(data / "images" / f"{TEST[0]}.jpg")
+    with (data / "annotations" / "test.txt").open("a") as split_file:
+        split_file.write("Ghost_1 1 1 1\n")  # listed, no image
     args = ["predict", "--model_path", str(checkpoint_path), "--data_path", str(data),
             "--save_dir", str(tmp_path / "out"), "--num_workers", "0"]  # fmt: skip
     fails_with(capsys, args, f"{TEST[0]}.jpg", "--skip_bad")
     assert main([*args, "--skip_bad"]) == 0
     assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{TEST[1]}.png"]
-    assert f"skipping {data / 'images' / TEST[0]}.jpg" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert f"skipping {data / 'images' / TEST[0]}.jpg: cannot decode" in captured.err
+    assert f"skipping {data / 'images' / 'Ghost_1'}.jpg: file not found" in captured.err
+    assert "masks of 1 image " in captured.out and "2 unreadable left out" in captured.out
 
 
 # --- numbers and devices ----------------------------------------------------------------------

@@ -619,8 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
         predict,
         "skip_bad",
         action="store_true",
-        help="leave out images that cannot be read (not an image, truncated, missing) with a "
-        "warning each, instead of stopping at the first",
+        help="leave out images that cannot be read (not an image, truncated, or missing from "
+        "the split) with a warning each, instead of stopping at the first",
     )
     _add_tta_flag(predict)
     _add_largest_component_flag(predict)
