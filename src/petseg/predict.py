@@ -354,15 +354,15 @@ def predict_masks(
         collate_fn=_collate,
     )
     written: list[Path] = []
-    skipped = 0
+    done = 0  # images whose masks were written
     for images, sizes, indices, originals, unreadable in tqdm(
         loader, desc="predict", unit="batch", dynamic_ncols=True
     ):
         for bad in unreadable:
             warn_skipped(bad.message)
-        skipped += len(unreadable)
         if images is None:
             continue
+        done += len(indices)
         probs = predictor.probabilities(images.to(predictor.device, non_blocking=True))
         for prob, (height, width), index, original in zip(
             probs, sizes, indices, originals, strict=True
@@ -388,10 +388,9 @@ def predict_masks(
         k for k, wanted in (("overlays", overlays), ("cut-outs", cutouts)) if wanted
     ]
     what = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
-    skipped += len(given) - len(paths)
-    done = len(given) - skipped
     if not done:
         raise PetsegError("no readable image left to predict")
+    skipped = len(given) - done
     left_out = f", {skipped} unreadable left out" if skipped else ""
     print(
         f"wrote {what} of {done} image{'s' if done != 1 else ''} to {save_dir} "
