@@ -42,6 +42,7 @@ OVERLAY_SUFFIX, CUTOUT_SUFFIX = "_overlay", "_cutout"  # NAME_overlay.png, NAME_
 Item = tuple[torch.Tensor, tuple[int, int], int, np.ndarray | None]
 BACKENDS = ("torch", "onnxruntime")
 SKIP_BAD_HINT = "pass --skip_bad to leave unreadable images out"
+NOTHING_READABLE = "no readable image left to predict"
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def readable_images(paths: Sequence[Path], skip_bad: bool = False) -> list[Path]
         else:
             readable.append(path)
     if not readable:
-        raise PetsegError("no readable image left to predict")
+        raise PetsegError(NOTHING_READABLE)
     return readable
 
 
@@ -389,7 +390,7 @@ def predict_masks(
     ]
     what = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
     if not done:
-        raise PetsegError("no readable image left to predict")
+        raise PetsegError(NOTHING_READABLE)
     skipped = len(given) - done
     left_out = f", {skipped} unreadable left out" if skipped else ""
     print(
