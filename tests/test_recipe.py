@@ -5,6 +5,7 @@ and used by evaluate and predict."""
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +76,16 @@ def test_recipe_flags_in_both_spellings_reach_the_config(monkeypatch, tmp_path) 
     config = train_config(
         monkeypatch, tmp_path, "--loss", "bce", "--optimizer", "adam",
         "--weight-decay", "0", "--scheduler", "constant", "--warmup_epochs", "2",
-        "--augment", "lab", "--no-tune-threshold", "-lr", "1e-4",
+        "--augment", "lab", "--no-tune-threshold", "-lr", "1e-4", "--clip-grad", "0.5",
     )  # fmt: skip
     assert config.learning_rate == 1e-4
     recipe = config.recipe
     assert (recipe.loss, recipe.optimizer, recipe.weight_decay) == ("bce", "adam", 0.0)
     assert (recipe.scheduler, recipe.warmup_epochs, recipe.augment) == ("constant", 2.0, "lab")
     assert recipe.tune_threshold is False
+    assert recipe.clip_grad == 0.5
+    assert "gradient norm clipped to 0.5," in describe_recipe(config)
+    assert "clipped" not in describe_recipe(replace(config, recipe=replace(recipe, clip_grad=0)))
 
 
 def test_defaults_are_the_documented_recipe() -> None:
@@ -179,10 +183,11 @@ def test_training_records_the_model_types_learning_rate_and_a_resume_keeps_its_o
     assert got == (0.01, 0.01)
 
 
-def test_a_negative_weight_decay_is_a_usage_error(capsys) -> None:
+@pytest.mark.parametrize("flag", ["--weight_decay", "--clip_grad"])
+def test_a_negative_weight_decay_or_clipping_norm_is_a_usage_error(capsys, flag: str) -> None:
     with pytest.raises(SystemExit):
-        cli.main(["train", "--weight_decay", "-1"])
-    assert "--weight_decay" in capsys.readouterr().err
+        cli.main(["train", flag, "-1"])
+    assert flag in capsys.readouterr().err
 
 
 def test_strong_augmentation_moves_image_and_mask_together() -> None:

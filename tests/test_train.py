@@ -231,3 +231,33 @@ def test_a_resumed_part_of_an_epoch_is_not_timed_for_the_estimate(
     # epoch 2 ran one batch short of whole: no estimate though epoch 3 is left
     assert [line.split()[1] for line in lines] == ["2/3", "3/3"]
     assert all("left" not in line for line in lines)
+
+
+@pytest.mark.parametrize("with_scaler", [False, True])
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 4.0])
+def test_clip_grad_caps_the_norm_of_the_step(with_scaler: bool, fraction: float) -> None:
+    """Plain SGD at rate 1 steps by minus the gradient, so the step is the (clipped) gradient;
+    under a gradient scaler the clipping sees the unscaled gradient."""
+    data = batches(1)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def conv() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Conv2d(3, 1, kernel_size=3, padding=1)
+
+    reference = conv()
+    loss_fn(reference(data[0][0]), data[0][1]).backward()
+    gradient = torch.cat([p.grad.flatten() for p in reference.parameters()])
+    norm = float(gradient.norm())
+    model = conv()
+    before = torch.cat([p.detach().flatten() for p in model.parameters()])
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scaler = torch.amp.GradScaler("cpu") if with_scaler else None
+    train_one_epoch(model, data, optimizer, loss_fn, CPU, "test", False, scaler=scaler,
+                    clip_grad=fraction * norm)  # fmt: skip
+    step = before - torch.cat([p.detach().flatten() for p in model.parameters()])
+    # 0 = off; a cap above the norm leaves the gradient as it is; one below scales it down to it
+    expected = gradient * min(1.0, fraction) if fraction > 0 else gradient
+    torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-7)
+    if fraction == 0.25:
+        assert float(step.norm()) == pytest.approx(0.25 * norm, rel=1e-4)

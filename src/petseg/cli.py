@@ -327,6 +327,15 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         + ", ".join(f"{level} for {model}" for model, level in DEFAULT_AUGMENT.items())
         + ")",
     )
+    _flag(
+        recipe,
+        "clip_grad",
+        type=_number(float, 0.0),
+        default=RECIPE.clip_grad,
+        metavar="MAX_NORM",
+        help="scale the gradients down so that their global L2 norm is at most MAX_NORM before "
+        f"each optimizer step; 0 = no clipping (default {RECIPE.clip_grad:g})",
+    )
     recipe.add_argument(
         "--tune_threshold",
         "--tune-threshold",
@@ -779,6 +788,7 @@ def run_train(args: argparse.Namespace) -> None:
             scheduler=args.scheduler,
             warmup_epochs=args.warmup_epochs,
             augment=args.augment,
+            clip_grad=args.clip_grad,
             tune_threshold=args.tune_threshold,
         ),
         compile=args.compile,

@@ -83,6 +83,8 @@ class RecipeConfig:
     # the schedule's rise to its peak; None: 1 epoch (cosine), 30% of the steps (onecycle)
     warmup_epochs: float | None = None
     augment: str | None = None  # petseg.data.transforms.AUGMENTS; None: DEFAULT_AUGMENT's
+    # The gradients' global L2 norm is scaled down to at most this before each step; 0: never.
+    clip_grad: float = 0.0
     # Choose the decision threshold on the valid split after training. Off: on the sample's 30
     # valid images the tuned threshold did not raise test Dice (README, Accuracy).
     tune_threshold: bool = False
@@ -128,6 +130,10 @@ class TrainConfig:
             (
                 self.recipe.warmup_epochs is None or self.recipe.warmup_epochs >= 0,
                 f"--warmup_epochs cannot be negative, got {self.recipe.warmup_epochs}",
+            ),
+            (
+                self.recipe.clip_grad >= 0,
+                f"--clip_grad cannot be negative, got {self.recipe.clip_grad}",
             ),
         ]
         for ok, message in checks:

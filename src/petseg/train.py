@@ -136,6 +136,7 @@ def train_one_epoch(
     start: EpochProgress | None = None,
     stop: Callable[[], bool] = lambda: False,
     learning_rate: Callable[[int], float] | None = None,
+    clip_grad: float = 0.0,
 ) -> EpochProgress:
     """One pass over the loader; returns the progress, whose mean_loss is per image.
 
@@ -147,6 +148,8 @@ def train_one_epoch(
     precision: autocast for the forward pass ("fp32", "bf16", "fp16"); the loss stays fp32.
     scaler: the gradient scaler fp16 needs; it skips non-finite steps itself.
     learning_rate: the rate for the epoch's batch number (1-based), set before each step.
+    clip_grad: when above 0, the gradients' global L2 norm is scaled down to at most this
+    before each step (after unscaling under fp16).
     """
     model.train()
     done = replace(start) if start is not None else EpochProgress()
@@ -188,6 +191,10 @@ def train_one_epoch(
                 continue
         else:
             nonfinite_in_a_row = 0
+        if clip_grad > 0:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -385,6 +392,7 @@ def fit(
                 start=start,
                 stop=stop_requested,
                 learning_rate=schedule(epoch),
+                clip_grad=config.recipe.clip_grad,
             )
             if progress.interrupted:
                 # Ctrl-C: keep the steps taken so far; the same command resumes after them.
@@ -586,7 +594,9 @@ def describe_recipe(config: TrainConfig) -> str:
     return (
         f"loss {recipe.loss}, {recipe.optimizer} lr {config.learning_rate:g} "
         f"weight decay {recipe.weight_decay:g}, {recipe.scheduler} schedule{warmup}, "
-        f"{recipe.augment} augmentation, batch {config.batch_size}, threshold "
+        f"{recipe.augment} augmentation, batch {config.batch_size}, "
+        + (f"gradient norm clipped to {recipe.clip_grad:g}, " if recipe.clip_grad > 0 else "")
+        + "threshold "
         + ("tuned on valid" if recipe.tune_threshold else "0.5")
     )
 
