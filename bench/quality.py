@@ -49,11 +49,11 @@ RECIPES: dict[str, list[str]] = {
     "default": [],
     "plain": [
         "--loss", "bce", "--optimizer", "adam", "--weight_decay", "0", "--scheduler", "onecycle",
-        "--learning-rate", "1e-3", "--augment", "lab", "--batch_size", "16",
+        "--learning-rate", "1e-3", "--augment", "lab", "--batch_size", "16", "--clip_grad", "0",
     ],
     "lab": [
         "--loss", "bce", "--optimizer", "adam", "--weight_decay", "0", "--scheduler", "constant",
-        "--learning-rate", "1e-4", "--augment", "lab", "--batch_size", "16",
+        "--learning-rate", "1e-4", "--augment", "lab", "--batch_size", "16", "--clip_grad", "0",
     ],
 }  # fmt: skip
 # The references' models: the lab report's ResNet34-UNet, like smp's, has the 7x7 stem, ReLU

@@ -31,16 +31,19 @@ def test_the_references_train_the_lab_reports_resnet34_unet(
 
 
 @pytest.mark.parametrize(
-    ("recipe", "upsample"), [("default", "nearest"), ("plain", "transpose"), ("lab", "transpose")]
+    ("recipe", "upsample", "clip_grad"),
+    [("default", "nearest", None), ("plain", "transpose", 0.0), ("lab", "transpose", 0.0)],
 )
-def test_the_unet_references_train_the_classic_unet(
-    monkeypatch, tmp_path: Path, recipe: str, upsample: str
+def test_the_unet_references_train_the_classic_unet_without_clipping(
+    monkeypatch, tmp_path: Path, recipe: str, upsample: str, clip_grad: float | None
 ) -> None:
     flags = quality.recipe_flags(recipe, "unet")  # the UNet refuses --stem, --drop_path, ...
     config = train_config(monkeypatch, tmp_path, "--model_type", "unet", *flags)
     assert config.model.model_type == "unet"
     # ConvTranspose2d for the references whatever petseg's default, which the default measures
     assert config.model.kwargs["upsample"] == upsample
+    # the references never clip; the default leaves it to the model type's DEFAULT_CLIP_GRAD
+    assert config.recipe.clip_grad == clip_grad
 
 
 def test_the_default_recipe_adds_no_flags_so_it_measures_petsegs_own_defaults() -> None:

@@ -96,11 +96,14 @@ def test_defaults_are_the_documented_recipe() -> None:
     assert args.learning_rate is None  # chosen per model type once the type is known
 
 
-def test_the_augmentation_default_depends_on_the_model_type_and_a_choice_wins() -> None:
-    assert resolve_recipe(RecipeConfig(), "unet").augment == "lab"
-    assert resolve_recipe(RecipeConfig(), "resnet34_unet").augment == "strong"
-    chosen = RecipeConfig(augment="strong", loss="bce")
+def test_augmentation_and_clipping_defaults_follow_the_model_type_and_a_choice_wins() -> None:
+    unet = resolve_recipe(RecipeConfig(), "unet")
+    resnet = resolve_recipe(RecipeConfig(), "resnet34_unet")
+    assert (unet.augment, unet.clip_grad) == ("lab", 1.0)
+    assert (resnet.augment, resnet.clip_grad) == ("strong", 0.0)
+    chosen = RecipeConfig(augment="strong", loss="bce", clip_grad=0.0)
     assert resolve_recipe(chosen, "unet") == chosen
+    assert resolve_recipe(RecipeConfig(clip_grad=2.5), "resnet34_unet").clip_grad == 2.5
 
 
 def test_training_uses_and_records_the_model_types_augmentation(
@@ -115,11 +118,15 @@ def test_training_uses_and_records_the_model_types_augmentation(
 
     monkeypatch.setattr(petseg.train, "train_transform", spy)
     data = make_dataset(tmp_path / "pets")
-    for extra, expected in (((), "lab"), (("--augment", "strong"), "strong")):
+    for extra, expected, clip in (
+        ((), "lab", 1.0),
+        (("--augment", "strong", "--clip_grad", "0"), "strong", 0.0),
+    ):
         model_path = tmp_path / f"{expected}.pt"
         assert cli.main(train_args(data, model_path, *extra)) == 0
         assert levels[-1] == expected
-        assert load_checkpoint(model_path)["config"]["recipe"]["augment"] == expected
+        recipe = load_checkpoint(model_path)["config"]["recipe"]
+        assert (recipe["augment"], recipe["clip_grad"]) == (expected, clip)
 
 
 def test_the_batch_size_default_depends_on_the_model_type_and_a_choice_wins() -> None:

@@ -17,6 +17,7 @@ from petseg.config import (
     DEFAULT_ACTIVATION,
     DEFAULT_AUGMENT,
     DEFAULT_BATCH_SIZE,
+    DEFAULT_CLIP_GRAD,
     DEFAULT_DATA_PATH,
     DEFAULT_DECODER_WIDTHS,
     DEFAULT_DROP_PATH,
@@ -269,11 +270,11 @@ def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     """The training recipe (config.RecipeConfig); the lab report's is `--loss bce --optimizer
-    adam --weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab`."""
+    adam --weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab --clip_grad 0`."""
     recipe = parser.add_argument_group(
         "recipe",
         "petseg's default recipe; the lab report's is --loss bce --optimizer adam "
-        "--weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab",
+        "--weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab --clip_grad 0",
     )
     _flag(
         recipe,
@@ -334,7 +335,9 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         default=RECIPE.clip_grad,
         metavar="MAX_NORM",
         help="scale the gradients down so that their global L2 norm is at most MAX_NORM before "
-        f"each optimizer step; 0 = no clipping (default {RECIPE.clip_grad:g})",
+        "each optimizer step; 0 = no clipping (default: "
+        + ", ".join(f"{norm:g} for {model}" for model, norm in DEFAULT_CLIP_GRAD.items())
+        + ")",
     )
     recipe.add_argument(
         "--tune_threshold",

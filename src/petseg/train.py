@@ -392,7 +392,7 @@ def fit(
                 start=start,
                 stop=stop_requested,
                 learning_rate=schedule(epoch),
-                clip_grad=config.recipe.clip_grad,
+                clip_grad=config.recipe.clip_grad or 0.0,
             )
             if progress.interrupted:
                 # Ctrl-C: keep the steps taken so far; the same command resumes after them.
@@ -595,7 +595,7 @@ def describe_recipe(config: TrainConfig) -> str:
         f"loss {recipe.loss}, {recipe.optimizer} lr {config.learning_rate:g} "
         f"weight decay {recipe.weight_decay:g}, {recipe.scheduler} schedule{warmup}, "
         f"{recipe.augment} augmentation, batch {config.batch_size}, "
-        + (f"gradient norm clipped to {recipe.clip_grad:g}, " if recipe.clip_grad > 0 else "")
+        + (f"gradient norm clipped to {recipe.clip_grad:g}, " if recipe.clip_grad else "")
         + "threshold "
         + ("tuned on valid" if recipe.tune_threshold else "0.5")
     )
