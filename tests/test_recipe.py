@@ -94,6 +94,7 @@ def test_defaults_are_the_documented_recipe() -> None:
     assert args.augment is None  # chosen per model type once the type is known
     assert args.tune_threshold is False
     assert args.learning_rate is None  # chosen per model type once the type is known
+    assert args.clip_grad is None  # likewise
 
 
 def test_augmentation_and_clipping_defaults_follow_the_model_type_and_a_choice_wins() -> None:
