@@ -107,27 +107,37 @@ def test_augmentation_and_clipping_defaults_follow_the_model_type_and_a_choice_w
     assert resolve_recipe(RecipeConfig(clip_grad=2.5), "resnet34_unet").clip_grad == 2.5
 
 
-def test_training_uses_and_records_the_model_types_augmentation(
+def test_training_uses_and_records_the_model_types_augmentation_and_clipping(
     tmp_path: Path, monkeypatch
 ) -> None:
     levels: list[str] = []
+    caps: list[float] = []
     real = petseg.train.train_transform
+    real_clip = torch.nn.utils.clip_grad_norm_
 
     def spy(*args, augment: str, **kwargs):
         levels.append(augment)
         return real(*args, augment=augment, **kwargs)
 
+    def clip_spy(parameters, max_norm, *args, **kwargs):
+        caps.append(max_norm)
+        return real_clip(parameters, max_norm, *args, **kwargs)
+
     monkeypatch.setattr(petseg.train, "train_transform", spy)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_spy)
     data = make_dataset(tmp_path / "pets")
     for extra, expected, clip in (
         ((), "lab", 1.0),
         (("--augment", "strong", "--clip_grad", "0"), "strong", 0.0),
     ):
         model_path = tmp_path / f"{expected}.pt"
+        caps.clear()
         assert cli.main(train_args(data, model_path, *extra)) == 0
         assert levels[-1] == expected
         recipe = load_checkpoint(model_path)["config"]["recipe"]
         assert (recipe["augment"], recipe["clip_grad"]) == (expected, clip)
+        # training itself clips at the recorded norm on every step, or never
+        assert set(caps) == ({clip} if clip else set())
 
 
 def test_the_batch_size_default_depends_on_the_model_type_and_a_choice_wins() -> None:
