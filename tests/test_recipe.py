@@ -141,7 +141,7 @@ def test_training_uses_and_records_the_model_types_augmentation_and_clipping(
 
 
 def test_the_batch_size_default_depends_on_the_model_type_and_a_choice_wins() -> None:
-    assert resolve_batch_size(None, "unet") == 16
+    assert resolve_batch_size(None, "unet") == 8
     assert resolve_batch_size(None, "resnet34_unet") == 4
     assert resolve_batch_size(6, "resnet34_unet") == 6
 
@@ -160,7 +160,7 @@ def test_training_records_the_model_types_batch_size_and_a_resume_keeps_its_own(
     assert batch_size(tmp_path / "r34.pt", *r34) == 4
     assert "strong augmentation, batch 4" in capsys.readouterr().out
     unet = ("--model_type", "unet", "--unet_widths", "4,8", "--epochs", "1")
-    assert batch_size(tmp_path / "unet.pt", *unet) == 16
+    assert batch_size(tmp_path / "unet.pt", *unet) == 8
     # a run resumes with the batch size it started with, unless one is given
     assert batch_size(tmp_path / "six.pt", *r34, "--batch_size", "6") == 6
     assert batch_size(tmp_path / "six.pt", "--epochs", "2") == 6
