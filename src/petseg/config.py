@@ -38,7 +38,7 @@ DEFAULT_AUGMENT: dict[str, str] = {"unet": "lab", "resnet34_unet": "strong"}
 # Training batch size when --batch_size is not given, per model type: on the sample, batch 8 (with
 # the strong level's whole-image input) and then batch 4, each doubling the optimizer steps per
 # epoch, raised the ResNet34-UNet's test Dice on every seed; batch 8 instead of 16 raised the
-# UNet's on seeds 0-2 once its gradients were clipped (README, Accuracy).
+# UNet's on all five seeds run (0-4) once its gradients were clipped (README, Accuracy).
 DEFAULT_BATCH_SIZE: dict[str, int] = {"unet": 8, "resnet34_unet": 4}
 # The schedule's peak learning rate when --learning-rate is not given, per model type: the UNet
 # with nearest upsampling tested higher at 5e-4 (README, Accuracy); the ResNet34-UNet lost at
