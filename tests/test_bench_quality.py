@@ -28,6 +28,7 @@ def test_the_references_train_the_lab_reports_resnet34_unet(
     # the 7x7 stem, ReLU and no stochastic depth, whatever petseg's defaults become
     assert (kwargs["stem"], kwargs["activation"], kwargs["drop_path"]) == ("classic", "relu", 0.0)
     assert (config.recipe.loss, config.recipe.optimizer, config.batch_size) == ("bce", "adam", 16)
+    assert config.recipe.clip_grad == 0.0  # the references never clip, whatever the default
 
 
 @pytest.mark.parametrize(

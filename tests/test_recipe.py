@@ -101,7 +101,7 @@ def test_augmentation_and_clipping_defaults_follow_the_model_type_and_a_choice_w
     unet = resolve_recipe(RecipeConfig(), "unet")
     resnet = resolve_recipe(RecipeConfig(), "resnet34_unet")
     assert (unet.augment, unet.clip_grad) == ("lab", 1.0)
-    assert (resnet.augment, resnet.clip_grad) == ("strong", 0.0)
+    assert (resnet.augment, resnet.clip_grad) == ("strong", 0.5)
     chosen = RecipeConfig(augment="strong", loss="bce", clip_grad=0.0)
     assert resolve_recipe(chosen, "unet") == chosen
     assert resolve_recipe(RecipeConfig(clip_grad=2.5), "resnet34_unet").clip_grad == 2.5
@@ -159,6 +159,9 @@ def test_training_records_the_model_types_batch_size_and_a_resume_keeps_its_own(
     r34 = ("--model_type", "resnet34_unet", "--decoder_widths", "16,16,8,8,8", "--epochs", "1")
     assert batch_size(tmp_path / "r34.pt", *r34) == 4
     assert "strong augmentation, batch 4" in capsys.readouterr().out
+    # and the ResNet34-UNet's own clipping default, where the UNet's is 1.0
+    r34_recipe = load_checkpoint(last_checkpoint_path(tmp_path / "r34.pt"))["config"]["recipe"]
+    assert r34_recipe["clip_grad"] == 0.5
     unet = ("--model_type", "unet", "--unet_widths", "4,8", "--epochs", "1")
     assert batch_size(tmp_path / "unet.pt", *unet) == 8
     # a run resumes with the batch size it started with, unless one is given
