@@ -49,7 +49,7 @@ DEFAULT_LEARNING_RATE: dict[str, float] = {"unet": 5e-4, "resnet34_unet": 1e-3}
 # 320 steps in 20 epochs at batch 16 on the sample), so clipping to 1.0 evens out the steps
 # AdamW averages; it raised the UNet's test Dice on four of five seeds and tied the fifth. The
 # ResNet34-UNet clips to 0.5: it raised test Dice on four of five seeds, +0.0065 on average over
-# seeds 0-4, passing a paired t-test written down before seeds 3 and 4 ran; 1.0 split its seeds
+# seeds 0-4, passing a paired t-test written down before seeds 3 and 4 finished; 1.0 split its seeds
 # (README, Accuracy).
 DEFAULT_CLIP_GRAD: dict[str, float] = {"unet": 1.0, "resnet34_unet": 0.5}
 # Images per batch for evaluate and predict, which do not learn
