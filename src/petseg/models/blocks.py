@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petseg.config import ACTIVATIONS
+from petseg.choices import ACTIVATIONS
 
 Upsample = Literal["transpose", "nearest"]
 

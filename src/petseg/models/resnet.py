@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from petseg.config import DEFAULT_ACTIVATION, DEFAULT_STEM, STEMS
+from petseg.choices import STEMS
 from petseg.models.blocks import make_activation
 
 
@@ -56,7 +56,7 @@ class BasicBlock(nn.Module):
 
 
 def make_stem(
-    in_channels: int, width: int, stem: str = DEFAULT_STEM, activation: str = "relu"
+    in_channels: int, width: int, stem: str = "deep", activation: str = "relu"
 ) -> nn.Sequential:
     """The encoder's first layers, down to 1/2 of the input size, as conv -> BN -> activation
     triples.
@@ -105,8 +105,8 @@ class ResNetEncoder(nn.Module):
         in_channels: int = 3,
         layers: Sequence[int] = (3, 4, 6, 3),
         widths: Sequence[int] = (64, 128, 256, 512),
-        stem: str = DEFAULT_STEM,
-        activation: str = DEFAULT_ACTIVATION,
+        stem: str = "deep",
+        activation: str = "silu",
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()

@@ -7,12 +7,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from petseg.config import (
-    DEFAULT_ACTIVATION,
-    DEFAULT_DECODER_WIDTHS,
-    DEFAULT_DROP_PATH,
-    DEFAULT_STEM,
-)
 from petseg.models.blocks import DecoderBlock
 from petseg.models.resnet import ResNetEncoder
 
@@ -42,11 +36,11 @@ class ResNet34UNet(nn.Module):
         self,
         in_channels: int = 3,
         num_classes: int = 1,
-        decoder_widths: Sequence[int] = DEFAULT_DECODER_WIDTHS,
+        decoder_widths: Sequence[int] = (256, 128, 64, 32, 16),
         deep_supervision: bool = False,
-        stem: str = DEFAULT_STEM,
-        activation: str = DEFAULT_ACTIVATION,
-        drop_path: float = DEFAULT_DROP_PATH,
+        stem: str = "deep",
+        activation: str = "silu",
+        drop_path: float = 0.1,
     ) -> None:
         super().__init__()
         self.encoder = ResNetEncoder(

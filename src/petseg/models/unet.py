@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from petseg.config import DEFAULT_UNET_ACTIVATION, DEFAULT_UNET_UPSAMPLE, DEFAULT_UNET_WIDTHS
 from petseg.models.blocks import DecoderBlock, DoubleConv, Upsample
 
 
@@ -30,9 +29,9 @@ class UNet(nn.Module):
         self,
         in_channels: int = 3,
         num_classes: int = 1,
-        widths: Sequence[int] = DEFAULT_UNET_WIDTHS,
-        upsample: Upsample = DEFAULT_UNET_UPSAMPLE,
-        activation: str = DEFAULT_UNET_ACTIVATION,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        upsample: Upsample = "nearest",
+        activation: str = "relu",
         deep_supervision: bool = False,
     ) -> None:
         super().__init__()
