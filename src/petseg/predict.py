@@ -24,7 +24,13 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from petseg import postprocess
-from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
+from petseg.checkpoint import (
+    check_model_type,
+    checkpoint_config,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+from petseg.choices import BACKENDS
 from petseg.config import INFERENCE_BATCH_SIZE
 from petseg.data.loading import ensure_dataset, make_loader, resolve_num_workers
 from petseg.data.oxford_pet import DECODE_ERRORS, Split, load_rgb, read_split_names
@@ -40,7 +46,6 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 OVERLAY_SUFFIX, CUTOUT_SUFFIX = "_overlay", "_cutout"  # NAME_overlay.png, NAME_cutout.png
 
 Item = tuple[torch.Tensor, tuple[int, int], int, np.ndarray | None]
-BACKENDS = ("torch", "onnxruntime")
 SKIP_BAD_HINT = "pass --skip_bad to leave unreadable images out"
 NOTHING_READABLE = "no readable image left to predict"
 
@@ -125,7 +130,8 @@ def torch_predictor(
     compile: bool = False,
 ) -> Predictor:
     checkpoint = load_checkpoint(model_path)
-    check_model_type(checkpoint, model_type, model_path)
+    config = checkpoint_config(checkpoint)
+    check_model_type(config.model.model_type, model_type, model_path)
     device = resolve_device(device_name)
     precision = resolve_precision(precision, device)
     model = compiled(
@@ -139,7 +145,7 @@ def torch_predictor(
     norm = checkpoint["normalization"]
     return Predictor(
         probabilities,
-        image_size=int(checkpoint["image_size"]),
+        image_size=config.recipe.image_size,
         mean=tuple(norm["mean"]),
         std=tuple(norm["std"]),
         threshold=float(checkpoint.get("threshold", 0.5)),
@@ -157,7 +163,7 @@ def onnx_predictor(
             "runs in fp32"
         )
     session, info = load_onnx_model(model_path, device_name)
-    check_model_type({"model_type": info.model_type}, model_type, model_path)
+    check_model_type(info.model_type, model_type, model_path)
     logits = session_logits(session)
     provider = session.get_providers()[0].removesuffix("ExecutionProvider")
     return Predictor(
