@@ -20,7 +20,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # the training pipeline first resizes to before its random size x size crop. lab zooms 1.12x, as
 # the lab report's resize-then-crop; flip is lab's flip on the whole image; strong zooms by its
 # random scale instead and keeps the whole image: without the extra zoom its test Dice rose on
-# the sample (docs/experiments.md).
+# the sample (README, Accuracy).
 TRAIN_ZOOM: dict[str, float] = {"lab": 1.12, "flip": 1.0, "strong": 1.0}
 AUGMENTS = tuple(TRAIN_ZOOM)
 
