@@ -649,6 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
         predict, INFERENCE_BATCH_SIZE, f"images per batch (default {INFERENCE_BATCH_SIZE})"
     )
     _add_scale_flags(predict)
+    _add_serve_parser(commands)
 
     export = commands.add_parser(
         "export",
@@ -716,6 +717,52 @@ def _add_scale_flags(predict: argparse.ArgumentParser) -> None:
         help="leave alone the images whose outputs all exist in --save_dir: rerun an "
         "interrupted command with it to continue where it stopped",
     )
+
+
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="a local web page and HTTP API that segment the photos you drop on it",
+        description="Serve a page (pick or drop a photo: mask, overlay and cut-out) and its "
+        "API: POST /predict with the image file as the body answers the mask PNG "
+        "(?output=overlay or ?output=cutout for the others); GET /health describes the "
+        "model. See docs/use-a-model.md.",
+        allow_abbrev=False,
+    )
+    _flag(
+        serve,
+        "model_path",
+        type=Path,
+        required=True,
+        help="checkpoint to serve, or a .onnx file from petseg export",
+    )
+    _flag(
+        serve,
+        "host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it "
+        "to the network)",
+    )
+    _flag(
+        serve,
+        "port",
+        type=_number(int, 0),
+        default=8000,
+        help="port to listen on, 0 for any free one (default 8000)",
+    )
+    _flag(serve, "device", choices=DEVICES, default="auto", help="auto = CUDA when available")
+    _add_precision_flag(serve, "auto")
+    _add_tta_flag(serve)
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from petseg.segmenter import Segmenter
+    from petseg.serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise PetsegError(f"--port must be from 0 to 65535, got {args.port}")
+    segmenter = Segmenter.load(args.model_path, args.device, args.precision, args.tta)
+    serve(segmenter, args.host, args.port)
 
 
 def run_download(args: argparse.Namespace) -> None:
@@ -914,6 +961,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "evaluate": run_evaluate,
     "predict": run_predict,
     "export": run_export,
+    "serve": run_serve,
 }
 
 
