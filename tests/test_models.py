@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -124,6 +126,15 @@ def test_backward_gives_a_finite_gradient_to_every_trainable_parameter(name: str
     assert not not_finite, f"non-finite gradient for {not_finite[:5]}"
     # The head sits right before the loss: its gradient cannot vanish.
     assert model.head.weight.grad.abs().sum() > 0
+
+
+def test_the_models_import_no_run_configuration() -> None:
+    # the models own their defaults; petseg.config stays a layer above them
+    code = "import sys, petseg.models; print('petseg.config' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
 
 
 # --- parameter counts -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petseg.config import ACTIVATIONS
+from petseg.choices import ACTIVATIONS, UPSAMPLES
 
 Upsample = Literal["transpose", "nearest"]
 
@@ -70,7 +70,7 @@ class DecoderBlock(nn.Module):
             up_channels = in_channels
             self.up = nn.Identity()
         else:
-            raise ValueError(f"unknown upsample {upsample!r}: 'transpose' or 'nearest'")
+            raise ValueError(f"unknown upsample {upsample!r}: {' or '.join(map(repr, UPSAMPLES))}")
         self.conv = DoubleConv(up_channels + skip_channels, out_channels, activation=activation)
 
     def forward(

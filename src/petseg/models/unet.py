@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from petseg.config import DEFAULT_UNET_ACTIVATION, DEFAULT_UNET_UPSAMPLE, DEFAULT_UNET_WIDTHS
 from petseg.models.blocks import DecoderBlock, DoubleConv, Upsample
 
 
@@ -22,17 +21,16 @@ class UNet(nn.Module):
     deep_supervision: a 1x1 head on each decoder block but the last; in training mode forward
     returns (logits, [auxiliary logits at 1/8 .. 1/2 of the input size with the default widths])
     for petseg.losses.deep_supervision_loss. In eval mode it returns the logits alone.
-    Any input height and width works. Default widths (64, 128, 256, 512) give 31,384,833
-    parameters with nearest upsampling, 31,037,633 with transpose.
+    Any input height and width works.
     """
 
     def __init__(
         self,
         in_channels: int = 3,
         num_classes: int = 1,
-        widths: Sequence[int] = DEFAULT_UNET_WIDTHS,
-        upsample: Upsample = DEFAULT_UNET_UPSAMPLE,
-        activation: str = DEFAULT_UNET_ACTIVATION,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        upsample: Upsample = "nearest",
+        activation: str = "relu",
         deep_supervision: bool = False,
     ) -> None:
         super().__init__()
