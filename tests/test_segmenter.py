@@ -1,9 +1,12 @@
 """petseg.Segmenter, the Python API: every kind of input gives the same mask at the photo's own
-size, batches agree with single calls, and bad inputs get one clear line."""
+size, batches agree with single calls, bad inputs get one clear line, and the README's example
+runs as printed."""
 
 from __future__ import annotations
 
 import io
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,8 @@ from PIL import Image
 import petseg
 from petseg.errors import PetsegError
 from petseg.segmenter import OUTPUTS, Prediction, Segmenter
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def photo_pixels(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -165,3 +170,30 @@ def test_import_petseg_stays_light_and_segmenter_is_exported() -> None:
     assert petseg.Segmenter is Segmenter and petseg.Prediction is Prediction
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         petseg.Nope  # noqa: B018
+
+
+def readme_example() -> str:
+    """The ```python block of the README's "Use a trained model" section."""
+    text = README.read_text(encoding="utf-8")
+    section = re.search(r"^## Use a trained model\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert section, "README.md has no '## Use a trained model' section"
+    block = re.search(r"```python\n(.*?)```", section.group(1), re.S)
+    assert block, "the section has no ```python block"
+    return block.group(1)
+
+
+def test_the_readme_example_runs_as_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path
+) -> None:
+    (tmp_path / "runs").mkdir()
+    shutil.copyfile(tiny_checkpoint, tmp_path / "runs" / "resnet34_unet.pt")
+    Image.fromarray(photo_pixels(48, 64)).save(tmp_path / "photo.jpg", quality=95)
+    monkeypatch.chdir(tmp_path)
+    code = readme_example()
+    assert 'Segmenter.load("runs/resnet34_unet.pt")' in code and "photo.jpg" in code
+    exec(compile(code, "README.md", "exec"), {})
+    written = sorted(set(p.name for p in tmp_path.iterdir()) - {"runs", "photo.jpg"})
+    assert written, "the example wrote nothing"
+    for name in written:
+        with Image.open(tmp_path / name) as picture:
+            assert picture.size == (64, 48)
