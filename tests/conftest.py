@@ -37,3 +37,47 @@ def single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def save_tiny_unet(path: Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A two-level UNet checkpoint taught for a few steps that bright blobs on a dark background
+    are pet: real weights and mixed masks, in about a second."""
+    from petseg.checkpoint import make_checkpoint, save_checkpoint
+    from petseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from petseg.models import build_model
+
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = build_model("unet", widths=[4, 8])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    for _ in range(40):
+        images = torch.rand(8, 3, image_size, image_size, generator=generator) * 0.35
+        masks = torch.zeros(8, 1, image_size, image_size)
+        for index in range(8):
+            top, left = torch.randint(0, image_size // 2, (2,), generator=generator).tolist()
+            height, width = torch.randint(4, image_size // 2, (2,), generator=generator).tolist()
+            masks[index, :, top : top + height, left : left + width] = 1.0
+        images = images + 0.6 * masks
+        logits = model((images - mean) / std)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    checkpoint = make_checkpoint(
+        model.eval(),
+        model_type="unet",
+        model_kwargs={"widths": [4, 8]},
+        image_size=image_size,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+    save_checkpoint(path, checkpoint)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny UNet checkpoint (see save_tiny_unet) shared by the tests that only run a model."""
+    return save_tiny_unet(tmp_path_factory.mktemp("tiny") / "tiny.pt")

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 import petseg.evaluate
-import petseg.predict
+import petseg.segmenter
 import petseg.train
 from petseg import cli
 from petseg.checkpoint import (
@@ -27,6 +27,7 @@ from petseg.checkpoint import (
     save_checkpoint,
 )
 from petseg.config import (
+    PredictConfig,
     RecipeConfig,
     TrainConfig,
     resolve_batch_size,
@@ -44,7 +45,7 @@ from petseg.data.transforms import (
 from petseg.evaluate import choose_threshold, evaluate_checkpoint
 from petseg.losses import LOSSES
 from petseg.models import build_model
-from petseg.predict import predict_masks
+from petseg.predict import predict
 from petseg.schedules import SCHEDULERS, learning_rate_at
 from petseg.train import (
     OPTIMIZERS,
@@ -279,7 +280,7 @@ def test_the_tuned_threshold_is_stored_and_used_by_evaluate_and_predict(
             epoch=1,
         ),
     )
-    for module in (petseg.train, petseg.evaluate, petseg.predict):
+    for module in (petseg.train, petseg.evaluate, petseg.segmenter):
         monkeypatch.setattr(module, "model_from_checkpoint", lambda *_: FaintRed())
     before = evaluate_checkpoint(path, root, split="test", num_workers=0)
     assert before["threshold"] == 0.5 and before["dice"] == 0.0  # 0.4 < 0.5: nothing found
@@ -301,12 +302,12 @@ def test_the_tuned_threshold_is_stored_and_used_by_evaluate_and_predict(
     assert forced["threshold"] == 0.5 and forced["dice"] == 0.0
 
     photo = root / "images" / f"{names[0]}.jpg"
-    predict_masks(path, tmp_path / "out", inputs=[photo], num_workers=0)
+    predict(PredictConfig(path, (photo,), save_dir=tmp_path / "out", num_workers=0))
     with Image.open(tmp_path / "out" / f"{names[0]}.png") as written:
         mask = np.asarray(written)
     assert (mask[:, : SIZE // 2] == 255).all() and (mask[:, SIZE // 2 :] == 0).all()
     # an explicit --threshold still wins over the stored one
-    predict_masks(path, tmp_path / "out5", inputs=[photo], num_workers=0, threshold=0.5)
+    predict(PredictConfig(path, (photo,), save_dir=tmp_path / "out5", num_workers=0, threshold=0.5))
     with Image.open(tmp_path / "out5" / f"{names[0]}.png") as written:
         assert not np.asarray(written).any()
 

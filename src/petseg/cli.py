@@ -51,7 +51,7 @@ SCHEDULERS = ("constant", "cosine", "onecycle")
 OPTIMIZERS = ("adam", "adamw")
 AUGMENTS = ("lab", "flip", "strong")
 RECIPE = DEFAULTS.recipe
-BACKENDS = ("torch", "onnxruntime")  # mirrors petseg.predict.BACKENDS without importing torch
+BACKENDS = ("torch", "onnxruntime")  # mirrors petseg.segmenter.BACKENDS without importing torch
 PARITY_IMAGES = 8  # mirrors petseg.export.DEFAULT_PARITY_IMAGES
 
 
@@ -605,7 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         "save_dir",
         type=Path,
         default=Path("predictions"),
-        help="folder for the masks (default predictions)",
+        help="folder for the masks; never an input folder (default predictions)",
     )
     _flag(
         predict,
@@ -648,6 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_flags(
         predict, INFERENCE_BATCH_SIZE, f"images per batch (default {INFERENCE_BATCH_SIZE})"
     )
+    _add_scale_flags(predict)
+    _add_serve_parser(commands)
 
     export = commands.add_parser(
         "export",
@@ -687,6 +689,80 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how many images (or random inputs) the parity check runs (default {PARITY_IMAGES})",
     )
     return parser
+
+
+def _add_scale_flags(predict: argparse.ArgumentParser) -> None:
+    """predict over folders of any size: split across processes or machines, and resume."""
+    _flag(
+        predict,
+        "num_parts",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="split the images into N parts by a hash of their names, one per process or "
+        "machine (default 1); see docs/use-a-model.md",
+    )
+    _flag(
+        predict,
+        "part_id",
+        type=_number(int, 0),
+        default=0,
+        metavar="K",
+        help="which part this process predicts, 0 to N-1 (default 0)",
+    )
+    _flag(
+        predict,
+        "skip_existing",
+        action="store_true",
+        help="leave alone the images whose outputs all exist in --save_dir: rerun an "
+        "interrupted command with it to continue where it stopped",
+    )
+
+
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="a local web page and HTTP API that segment the photos you drop on it",
+        description="Serve a page (pick or drop a photo: mask, overlay and cut-out) and its "
+        "API: POST /predict with the image file as the body answers the mask PNG "
+        "(?output=overlay or ?output=cutout for the others); GET /health describes the "
+        "model. See docs/use-a-model.md.",
+        allow_abbrev=False,
+    )
+    _flag(
+        serve,
+        "model_path",
+        type=Path,
+        required=True,
+        help="checkpoint to serve, or a .onnx file from petseg export",
+    )
+    _flag(
+        serve,
+        "host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it "
+        "to the network)",
+    )
+    _flag(
+        serve,
+        "port",
+        type=_number(int, 0),
+        default=8000,
+        help="port to listen on, 0 for any free one (default 8000)",
+    )
+    _flag(serve, "device", choices=DEVICES, default="auto", help="auto = CUDA when available")
+    _add_precision_flag(serve, "auto")
+    _add_tta_flag(serve)
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from petseg.segmenter import Segmenter
+    from petseg.serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise PetsegError(f"--port must be from 0 to 65535, got {args.port}")
+    segmenter = Segmenter.load(args.model_path, args.device, args.precision, args.tta)
+    serve(segmenter, args.host, args.port)
 
 
 def run_download(args: argparse.Namespace) -> None:
@@ -834,29 +910,37 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    from petseg.predict import predict_masks
+    from petseg.config import PredictConfig
+    from petseg.predict import RESUME_HINT, predict
 
-    predict_masks(
-        args.model_path,
-        args.save_dir,
-        inputs=args.inputs,
+    config = PredictConfig(
+        model_path=args.model_path,
+        inputs=tuple(args.inputs),
         data_path=args.data_path,
         split=args.split,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device_name=args.device,
-        threshold=args.threshold,
         mirror=args.mirror,
-        model_type=args.model_type,
-        tta=args.tta,
-        precision=args.precision,
+        save_dir=args.save_dir,
         overlays=args.overlay,
         cutouts=args.cutout,
-        backend=args.backend,
-        compile=args.compile,
+        threshold=args.threshold,
+        tta=args.tta,
         largest_component=args.largest_component,
+        device=args.device,
+        precision=args.precision,
+        backend=args.backend,
+        model_type=args.model_type,
+        compile=args.compile,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
         skip_bad=args.skip_bad,
+        skip_existing=args.skip_existing,
+        num_parts=args.num_parts,
+        part_id=args.part_id,
     )
+    try:
+        predict(config)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(RESUME_HINT) from None
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -877,6 +961,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
     "evaluate": run_evaluate,
     "predict": run_predict,
     "export": run_export,
+    "serve": run_serve,
 }
 
 
