@@ -233,7 +233,7 @@ def test_a_failing_save_keeps_the_previous_file_and_leaves_no_temp_file(
         raise OSError("disk full")
 
     monkeypatch.setattr(petseg.checkpoint.torch, "save", save_then_crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(PetsegError, match=f"{path}: cannot write \\(disk full\\)"):
         save_checkpoint(path, small_checkpoint(small_unet(seed=1)))
     monkeypatch.undo()
     assert path.read_bytes() == before
