@@ -30,8 +30,18 @@ def test_a_healthy_epoch_has_not_diverged(model) -> None:
         (math.nan, 0.7, "bce", "train loss nan"),
         (math.inf, 0.7, "bce_dice", "train loss inf"),
         (0.7, math.nan, "dice", "valid loss nan"),
-        (0.7, 2e23, "bce", "valid loss 2e+23, over 10x that of predicting 0.5 everywhere (6.93)"),
-        (0.7, 17.0, "bce_dice", "valid loss 17, over 10x that of predicting 0.5 everywhere (16.9)"),
+        (
+            0.7,
+            2e23,
+            "bce",
+            "valid loss 2e+23, above 6.93, 10x the loss of predicting 0.5 everywhere",
+        ),
+        (
+            0.7,
+            17.0,
+            "bce_dice",
+            "valid loss 17, above 16.9, 10x the loss of predicting 0.5 everywhere",
+        ),
     ],
 )
 def test_losses_that_diverged(model, train_loss, valid_loss, loss, reason) -> None:

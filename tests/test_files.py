@@ -51,7 +51,7 @@ def test_a_file_where_the_folder_should_be_is_a_user_error(tmp_path: Path) -> No
         (OSError(errno.ENOSPC, "No space left on device"), "free some disk space"),
         (OSError(errno.EIO, "Input/output error"), "check it and run again"),
         (PermissionError(errno.EACCES, "Permission denied"), "a folder you can write to"),
-        (OSError(errno.EROFS, "Read-only file system"), "read-only"),
+        (OSError(errno.EROFS, "Read-only file system"), "a writable file system"),
         (IsADirectoryError(errno.EISDIR, "Is a directory"), "is a folder"),
     ],
 )

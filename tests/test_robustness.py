@@ -676,9 +676,9 @@ def test_row44_download_asked_for_goes_ahead_and_a_failure_leaves_no_folder(
         raise PetsegError("cannot download (offline)")
 
     monkeypatch.setattr("petseg.data.loading.download_dataset", offline)
-    wanted = tmp_path / "my-pets"
+    wanted = tmp_path / "new" / "my-pets"
     fails_with(capsys, [*train_args(wanted, tmp_path / "m.pt"), "--download"], "offline")
-    assert asked == [(wanted, None)] and not wanted.exists()
+    assert asked == [(wanted, None)] and not wanted.parent.exists()
     empty = tmp_path / "empty"
     empty.mkdir()  # an empty folder is clearly meant for the dataset: no --download needed
     fails_with(capsys, train_args(empty, tmp_path / "m.pt"), "offline")

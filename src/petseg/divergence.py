@@ -34,8 +34,8 @@ def divergence(train_loss: float, valid_loss: float | None, loss: str, model: nn
     limit = DIVERGENCE_FACTOR * UNINFORMED_LOSS.get(loss, math.inf)
     if valid_loss is not None and valid_loss > limit:
         return (
-            f"valid loss {valid_loss:.3g}, over {DIVERGENCE_FACTOR:g}x that of predicting 0.5 "
-            f"everywhere ({limit:.3g})"
+            f"valid loss {valid_loss:.3g}, above {limit:.3g}, {DIVERGENCE_FACTOR:g}x the loss of "
+            "predicting 0.5 everywhere"
         )
     return ""
 

@@ -26,7 +26,7 @@ WRITE_HINTS: dict[int, str] = {
     errno.EDQUOT: "free some disk space (quota) and run again",
     errno.EACCES: "choose a folder you can write to",
     errno.EPERM: "choose a folder you can write to",
-    errno.EROFS: "the file system is read-only; choose another folder",
+    errno.EROFS: "choose a folder on a writable file system",
     errno.EIO: "the disk or network file system reported an error; check it and run again",
 }
 

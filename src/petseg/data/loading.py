@@ -38,14 +38,24 @@ def ensure_dataset(root: Path, mirror: str | None = None, *, download: bool = Fa
         f"petseg: {root} lacks the Oxford-IIIT Pet {' and '.join(missing)}; downloading",
         file=sys.stderr,
     )
-    created = not root.exists()
+    created = folders_to_create(root)
     try:
         download_dataset(root, mirror)
     except BaseException:
-        if created:
+        for folder in created:  # deepest first; rmdir removes only empty ones
             with contextlib.suppress(OSError):
-                root.rmdir()  # only when empty: nothing the download did not make
+                folder.rmdir()
         raise
+
+
+def folders_to_create(root: Path) -> list[Path]:
+    """root and its missing parents, deepest first: what a download into root creates."""
+    missing = []
+    for folder in (root, *root.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
 
 
 def download_meant(root: Path) -> bool:
@@ -67,7 +77,7 @@ def download_meant(root: Path) -> bool:
 def data_path_problem(root: Path) -> str:
     """What is wrong with --data_path `root`, which lacks parts of the dataset, in one line."""
     layout = "the folder holding images/ and annotations/"
-    fetch = f"or pass --download to download the dataset (about 800 MB) into {root}"
+    fetch = f"or pass --download to download the dataset, about 800 MB, into {root}"
     if not root.exists():
         near = close_sibling(root)
         if near is not None:
