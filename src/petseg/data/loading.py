@@ -130,10 +130,9 @@ def resolve_num_workers(requested: int | None, device: torch.device, *, decoded:
     reading the decoded-image cache and DEFAULT_NUM_WORKERS otherwise.
 
     From the cache a worker only crops, flips and normalizes small arrays, so on a CPU the
-    processes take cores from the model instead of hiding work: on 2 cores, `petseg train` ran
-    1.31x as fast with 0 workers as with 2 in bf16 and 1.22x in fp32 (bench/epoch.py, README).
+    processes take cores from the model instead of hiding work (bench/epoch.py, docs/speed.md).
     A GPU, or a loader that decodes JPEGs, keeps the workers, which decode beside the model
-    where there are cores to spare (on those 2 cores 0 workers was still faster, by less).
+    where there are cores to spare.
     """
     if requested is not None:
         return requested
