@@ -233,8 +233,13 @@ def _add_data_flags(
         "data_path",
         type=Path,
         default=default,
-        help="dataset folder with images/ and annotations/; downloaded when it is the default "
-        "folder, or is empty, or with --download" + (f" (default {default})" if default else ""),
+        help=(
+            "dataset folder with images/ and annotations/; downloaded when it is the default "
+            "folder, or is empty, or with --download"
+            if download_flag
+            else "folder to download the dataset into (what it already holds is kept)"
+        )
+        + (f" (default {default})" if default else ""),
     )
     if download_flag:
         _flag(
