@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,12 @@ import torch
 
 from petseg.checkpoint import save_checkpoint
 from petseg.errors import PetsegError
-from petseg.files import atomic_write_text, atomic_writer, check_output_file
+from petseg.files import (
+    atomic_write_text,
+    atomic_writer,
+    check_output_file,
+    remove_stale_temps,
+)
 
 
 def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path: Path) -> None:
@@ -123,3 +129,18 @@ def test_stale_temps_of_a_killed_write_are_removed_and_nothing_else(tmp_path: Pa
         path.write_text("x")
     check_output_file(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in [target, *kept])
+
+
+def test_a_probe_removed_by_another_process_is_not_an_error(tmp_path, monkeypatch) -> None:
+    """Under torchrun every rank checks the outputs, and one rank's stale-temp cleanup can
+    remove another's probe between its creation and its removal."""
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_then_cleaned_up(*args, **kwargs):
+        fd, name = real_mkstemp(*args, **kwargs)
+        remove_stale_temps(tmp_path / "m.pt")  # what the other rank does meanwhile
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_cleaned_up)
+    check_output_file(tmp_path / "m.pt")
+    assert os.listdir(tmp_path) == []

@@ -64,7 +64,8 @@ def check_output_file(path: Path) -> None:
     except OSError as error:
         raise write_error(path, error) from None
     os.close(fd)
-    os.unlink(probe)
+    with contextlib.suppress(FileNotFoundError):  # another process's cleanup may have been first
+        os.unlink(probe)
 
 
 def check_output_files(paths: Iterable[Path]) -> None:
