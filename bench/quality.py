@@ -10,8 +10,8 @@ JSON line per seed and a summary line with the mean and standard deviation acros
 per-image Dice at the checkpoint's threshold; dataset Dice and IoU come from summed pixels;
 all at the training size, and again at each image's original size. Each line also records its
 `environment`: the commit (with '+changes' when the checkout differs from it), the petseg and
-torch versions, the device, the precision `--precision` resolved to, whether the CPU has native
-bf16, and the thread count.
+torch versions, the device, the CPU model, the precision `--precision` resolved to, whether the
+CPU has native bf16, and the thread count.
 
     python bench/quality.py ../shared/data/oxford-iiit-pet-sample --model_type resnet34_unet \
         --image_size 128 --epochs 40 --seeds 3
@@ -56,18 +56,32 @@ RECIPES: dict[str, list[str]] = {
         "--learning-rate", "1e-4", "--augment", "lab", "--batch_size", "16", "--clip_grad", "0",
     ],
 }  # fmt: skip
-# The references' models: the lab report's ResNet34-UNet, like smp's, has the 7x7 stem, ReLU
-# and no stochastic depth; its UNet, the classic one, upsamples with ConvTranspose2d.
-REFERENCE_MODEL_FLAGS: dict[str, list[str]] = {
-    "resnet34_unet": ["--stem", "classic", "--activation", "relu", "--drop_path", "0"],
-    "unet": ["--unet_upsample", "transpose"],
+# The references' models as petseg.models.build_model arguments: the lab report's
+# ResNet34-UNet, like smp's, has the 7x7 stem, ReLU and no stochastic depth; its UNet, the
+# classic one, upsamples with ConvTranspose2d. bench/time_to_dice.py builds them from here.
+REFERENCE_MODELS: dict[str, dict[str, Any]] = {
+    "resnet34_unet": {"stem": "classic", "activation": "relu", "drop_path": 0.0},
+    "unet": {"upsample": "transpose"},
 }
+# The `petseg train` flag that sets each of those arguments.
+MODEL_ARGUMENT_FLAGS = {
+    "stem": "--stem", "activation": "--activation", "drop_path": "--drop_path",
+    "upsample": "--unet_upsample",
+}  # fmt: skip
 REPORTED = ("dice", "dice_dataset", "iou")
+
+
+def reference_model_flags(model_type: str) -> list[str]:
+    """`petseg train` flags that build the lab report's model of this type."""
+    arguments = REFERENCE_MODELS.get(model_type, {})
+    return [
+        text for key, value in arguments.items() for text in (MODEL_ARGUMENT_FLAGS[key], str(value))
+    ]
 
 
 def recipe_flags(recipe: str, model_type: str) -> list[str]:
     """`petseg train` flags of a named recipe; the references also get the lab report's model."""
-    reference = REFERENCE_MODEL_FLAGS.get(model_type, []) if recipe != "default" else []
+    reference = reference_model_flags(model_type) if recipe != "default" else []
     return [*RECIPES[recipe], *reference]
 
 
@@ -89,6 +103,18 @@ def code_version() -> str | None:
     return commit.stdout.strip() + ("+changes" if status.stdout.strip() else "")
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name as Linux reports it; None elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]:
     """Where a run trains: what --device and --precision resolve to here, and the machine."""
     where = resolve_device(device)
@@ -97,6 +123,7 @@ def environment(device: str = "auto", precision: str = "auto") -> dict[str, Any]
         "petseg": __version__,
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(where) if where.type == "cuda" else "cpu",
+        "cpu": cpu_model(),
         "precision": resolve_precision(precision, where),
         "cpu_native_bf16": cpu_has_native_bf16(),
         "threads": torch.get_num_threads(),

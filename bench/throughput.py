@@ -43,7 +43,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from petseg.config import ACTIVATIONS, STEMS, UNET_UPSAMPLES
+from petseg.choices import ACTIVATIONS, STEMS, UPSAMPLES
 from petseg.inference import inference_model as petseg_inference_model
 from petseg.models import build_model
 
@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument(
         "--unet_upsample",
         default=None,
-        choices=UNET_UPSAMPLES,
+        choices=UPSAMPLES,
         help="also measure a UNet with this decoder upsampling (of the --unet_widths if given), "
         "as unet[upsample=U] or unet[W1,W2,...,upsample=U]",
     )

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from petseg.config import DEFAULT_ACTIVATION, DEFAULT_STEM, STEMS
+from petseg.choices import STEMS
 from petseg.models.blocks import make_activation
 
 
@@ -56,14 +56,14 @@ class BasicBlock(nn.Module):
 
 
 def make_stem(
-    in_channels: int, width: int, stem: str = DEFAULT_STEM, activation: str = "relu"
+    in_channels: int, width: int, stem: str = "deep", activation: str = "relu"
 ) -> nn.Sequential:
     """The encoder's first layers, down to 1/2 of the input size, as conv -> BN -> activation
     triples.
 
     classic: one 7x7 stride-2 conv (He et al. 2016). deep: three 3x3 convs of widths width/2,
-    width/2, width, the first with stride 2 (ResNet-C in He et al. 2019, "Bag of Tricks"); it
-    raised test Dice by about 0.01 on the sample after 40 epochs (README, Accuracy).
+    width/2, width, the first with stride 2 (ResNet-C in He et al. 2019, "Bag of Tricks"), which
+    scored higher on the sample (docs/experiments.md).
     """
     if stem == "classic":
         shapes = [(in_channels, width, 7, 2)]
@@ -105,8 +105,8 @@ class ResNetEncoder(nn.Module):
         in_channels: int = 3,
         layers: Sequence[int] = (3, 4, 6, 3),
         widths: Sequence[int] = (64, 128, 256, 512),
-        stem: str = DEFAULT_STEM,
-        activation: str = DEFAULT_ACTIVATION,
+        stem: str = "deep",
+        activation: str = "silu",
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
@@ -140,8 +140,8 @@ class ResNetEncoder(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         # BatchNorm keeps PyTorch's init (weight 1, bias 0) everywhere, the last BN of each
-        # residual branch included: zeroing it (Goyal et al. 2017) cost 0.009 test Dice on the
-        # sample after 40 epochs (bench/quality.py, README "Accuracy").
+        # residual branch included: zeroing it (Goyal et al. 2017) scored lower on the sample
+        # (docs/experiments.md).
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         features = [self.stem(images)]

@@ -1,0 +1,5 @@
+"""Valid values of the command-line choices, as torch-free tuples."""
+
+STEMS = ("deep", "classic")
+ACTIVATIONS = ("relu", "silu")
+UPSAMPLES = ("nearest", "transpose")
