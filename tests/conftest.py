@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,32 @@ def save_tiny_unet(path: Path, image_size: int = 32, seed: int = 0) -> Path:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny UNet checkpoint (see save_tiny_unet) shared by the tests that only run a model."""
     return save_tiny_unet(tmp_path_factory.mktemp("tiny") / "tiny.pt")
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Mount small tmpfs file systems under tmp_path, e.g. `tmpfs(64)` (KiB) or `tmpfs(64,
+    read_only=True)`, to meet a full disk or a read-only one for real; skips where mounting is
+    not permitted (not root, or a container without the capability)."""
+    mounted: list[Path] = []
+
+    def mount(size_kib: int, *, read_only: bool = False) -> Path:
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        options = f"size={size_kib}k" + (",ro" if read_only else "")
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command to make a tmpfs")
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", str(point)], capture_output=True, check=False)

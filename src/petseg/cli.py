@@ -6,6 +6,7 @@ Every flag is accepted with underscores (the lab scripts' spelling) and with hyp
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -224,15 +225,30 @@ def _add_cache_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_data_flags(parser: argparse.ArgumentParser, default: Path | None) -> None:
+def _add_data_flags(
+    parser: argparse.ArgumentParser, default: Path | None, download_flag: bool = True
+) -> None:
     _flag(
         parser,
         "data_path",
         type=Path,
         default=default,
-        help="dataset folder with images/ and annotations/; downloaded when missing"
+        help=(
+            "dataset folder with images/ and annotations/; downloaded when it is the default "
+            "folder, or is empty, or with --download"
+            if download_flag
+            else "folder to download the dataset into (what it already holds is kept)"
+        )
         + (f" (default {default})" if default else ""),
     )
+    if download_flag:
+        _flag(
+            parser,
+            "download",
+            action="store_true",
+            help="download what the dataset at --data_path lacks (about 800 MB) into that folder, "
+            "whatever its name",
+        )
     _flag(
         parser,
         "mirror",
@@ -370,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser(
         "download", help="download and extract the dataset", allow_abbrev=False
     )
-    _add_data_flags(download, DEFAULT_DATA_PATH)
+    _add_data_flags(download, DEFAULT_DATA_PATH, download_flag=False)
 
     check = commands.add_parser(
         "check", help="scan the dataset for unusable or unusual files", allow_abbrev=False
@@ -829,6 +845,7 @@ def _model_kwargs(
 def run_train(args: argparse.Namespace) -> None:
     from petseg.config import ModelConfig
     from petseg.distributed import world_session
+    from petseg.runlock import run_lock
     from petseg.train import fit, resume_hint
 
     model_type = args.model_type or "unet"
@@ -879,10 +896,11 @@ def run_train(args: argparse.Namespace) -> None:
         sync_batchnorm=args.sync_batchnorm,
     )
     try:
-        with session as world:
+        with session as world, run_lock(config.model_path, enabled=world.is_main):
             fit(config, model_type_given=args.model_type is not None, world=world)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(resume_hint(config.model_path)) from None
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (errors.Terminated): keep which
+        interrupt.args = (resume_hint(config.model_path),)
+        raise
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -972,14 +990,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        download_if_asked(args)
         code = COMMANDS[args.command](args)
     except PetsegError as error:
         print(f"petseg {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as error:
+    except KeyboardInterrupt as error:  # errors.Terminated (SIGTERM) carries its own code
         detail = f": {error}" if str(error) else ""
-        print(f"petseg {args.command}: interrupted{detail}", file=sys.stderr)
-        return 130
+        label = getattr(error, "label", "interrupted")
+        print(f"petseg {args.command}: {label}{detail}", file=sys.stderr)
+        return getattr(error, "exit_code", 130)
     except (MemoryError, RuntimeError) as error:
         if isinstance(error, RuntimeError) and "out of memory" not in str(error).lower():
             raise
@@ -990,6 +1010,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     return code or 0
+
+
+def download_if_asked(args: argparse.Namespace) -> None:
+    """--download: fetch what the dataset lacks before the command runs. Not under torchrun,
+    where every process would download at once (training then says to run petseg download)."""
+    if not getattr(args, "download", False) or args.data_path is None:
+        return
+    if "LOCAL_RANK" in os.environ:  # petseg.distributed.launched_by_torchrun, without torch
+        return
+    from petseg.data.loading import ensure_dataset
+
+    ensure_dataset(args.data_path, args.mirror, download=True)
 
 
 def user_message(error: PetsegError) -> str:

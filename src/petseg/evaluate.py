@@ -21,7 +21,7 @@ from petseg.data.loading import ensure_dataset, make_loader, resolve_num_workers
 from petseg.data.oxford_pet import OxfordPetDataset, Split, breed_of, load_mask, species_of
 from petseg.data.transforms import eval_transform
 from petseg.errors import PetsegError
-from petseg.files import atomic_write_bytes, atomic_write_text
+from petseg.files import atomic_write_bytes, atomic_write_text, check_output_files
 from petseg.inference import inference_model, pet_probabilities, with_flip_tta
 from petseg.losses import LossFn
 from petseg.metrics import SegmentationScores, dice_from_counts
@@ -181,6 +181,7 @@ def evaluate_checkpoint(
         raise PetsegError(f"{gallery_path}: --gallery_path needs --gallery N (how many images)")
     checkpoint = load_checkpoint(model_path)
     check_model_type(checkpoint, model_type, model_path)
+    check_output_files(evaluation_outputs(model_path, split, output, gallery, gallery_path))
     device = resolve_device(device_name)
     model = compiled(
         inference_model(model_from_checkpoint(checkpoint, model_path).to(device)), compile
@@ -264,6 +265,14 @@ def evaluate_checkpoint(
         atomic_write_text(output, json.dumps(results, indent=2) + "\n")
         print(f"wrote {output}")
     return results
+
+
+def evaluation_outputs(
+    model_path: Path, split: str, output: Path | None, gallery: int, gallery_path: Path | None
+) -> list[Path]:
+    """The files evaluate will write: the JSON and the gallery, where asked for."""
+    gallery_file = gallery_path or default_gallery_path(model_path, split, output)
+    return [path for path in (output, gallery_file if gallery > 0 else None) if path is not None]
 
 
 def default_gallery_path(model_path: Path, split: str, output: Path | None) -> Path:

@@ -12,6 +12,7 @@ import csv
 import functools
 import io
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,10 @@ from petseg.checkpoint import (
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
+    resume_source,
     save_checkpoint,
+    training_outputs,
+    without_training_state,
 )
 from petseg.config import (
     DataConfig,
@@ -55,9 +59,10 @@ from petseg.data.transforms import (
     train_resize_edge,
     train_transform,
 )
+from petseg.divergence import counts_as_best, diverged_message, divergence
 from petseg.errors import PetsegError
 from petseg.evaluate import choose_threshold, evaluate_model, sweep_thresholds
-from petseg.files import atomic_write_bytes, atomic_write_text, ensure_folder
+from petseg.files import atomic_write_bytes, atomic_write_text, check_output_files
 from petseg.losses import LossFn, deep_supervision_loss, get_loss
 from petseg.models import build_model
 from petseg.pictures import render_curves
@@ -69,7 +74,7 @@ from petseg.runtime import (
     seed_everything,
     stop_requests_on_ctrl_c,
 )
-from petseg.schedules import learning_rate_at, resolve_warmup_epochs
+from petseg.schedules import learning_rate_at, resolve_warmup_epochs, schedule_points
 
 OPTIMIZERS = ("adam", "adamw")
 # Decision thresholds tried on the valid split after training (--tune_threshold).
@@ -102,7 +107,8 @@ class EpochProgress:
 
     @property
     def mean_loss(self) -> float:
-        return self.loss_sum / max(self.images, 1)
+        """NaN when no step of the epoch had a finite loss."""
+        return self.loss_sum / self.images if self.images else math.nan
 
 
 @dataclass
@@ -243,7 +249,7 @@ def fit(
     world = world or distributed.World(resolve_device(config.device))
     device = world.device
     seed_everything(config.seed)
-    ensure_folder(config.model_path.parent)
+    check_output_files(training_outputs(config.model_path))
     distributed.require_dataset(world, config.data.data_path)
     ensure_dataset(config.data.data_path, config.data.mirror)
     state = restore_or_start(config, device, model_type_given=model_type_given)
@@ -420,8 +426,11 @@ def fit(
             seconds = time.perf_counter() - started
             if start.batches == 0:  # a resumed part of an epoch would make the estimate short
                 whole_epoch_seconds.append(seconds)
-            improved = scores["dice"] > best_dice
-            best_dice = max(best_dice, scores["dice"])
+            diverged = divergence(train_loss, evaluation.loss, config.recipe.loss, state.model)
+            if diverged:
+                raise PetsegError(diverged_message(epoch, diverged, config.model_path))
+            improved = counts_as_best(scores["dice"], evaluation.loss, best_dice)
+            best_dice = scores["dice"] if improved else best_dice
             history.append(
                 {
                     "epoch": epoch,
@@ -437,11 +446,25 @@ def fit(
             )
             checkpoint = make_training_checkpoint(epoch, valid_scores=scores)
             if world.is_main:
-                save_checkpoint(last_checkpoint_path(config.model_path), checkpoint)
+                # The last checkpoint goes last: a run stopped before it (a full disk, kill -9)
+                # resumes from the previous epoch, and redoing this one rewrites all four files.
                 if improved:
-                    save_checkpoint(config.model_path, checkpoint)
+                    save_checkpoint(config.model_path, without_training_state(checkpoint))
                 write_history(history_path(config.model_path), history)
-                atomic_write_bytes(curves_path(config.model_path), render_curves(history))
+                curves = render_curves(
+                    history,
+                    loss=config.recipe.loss,
+                    learning_rates=schedule_points(
+                        epoch * steps_per_epoch,
+                        steps_per_epoch,
+                        base_lr=config.learning_rate,
+                        total_steps=config.epochs * steps_per_epoch,
+                        scheduler=config.recipe.scheduler,
+                        warmup_steps=warmup_steps,
+                    ),
+                )
+                atomic_write_bytes(curves_path(config.model_path), curves)
+                save_checkpoint(last_checkpoint_path(config.model_path), checkpoint)
             distributed.barrier(world)  # the files exist before any rank goes on
             tqdm.write(
                 f"epoch {epoch}/{config.epochs}  train loss {train_loss:.4f}  "
@@ -459,8 +482,7 @@ def fit(
         distributed.barrier(world)
     print(
         f"best valid Dice {best_dice:.4f} (mean of per-image Dice at {size}x{size}); "
-        f"checkpoint {config.model_path}, last epoch {last_checkpoint_path(config.model_path)}, "
-        f"curves {curves_path(config.model_path)}"
+        + written_files(config.model_path)
     )
     return {"best_dice": best_dice, "epochs": config.epochs, "history": history}
 
@@ -500,13 +522,10 @@ def split_dataset(
 def restore_or_start(
     config: TrainConfig, device: torch.device, *, model_type_given: bool
 ) -> TrainState:
-    """Resume from the newer of the best and last checkpoints when --model_path exists."""
-    best_path, last_path = config.model_path, last_checkpoint_path(config.model_path)
-    # On equal epochs both hold the same state; prefer naming the every-epoch file.
-    candidates = [
-        load_checkpoint(path) | {"_path": path} for path in (last_path, best_path) if path.exists()
-    ]
-    if not candidates:
+    """Resume from NAME.last.pt when it exists (checkpoint.resume_source), else start afresh."""
+    best_path = config.model_path
+    resume_path = resume_source(best_path)
+    if resume_path is None:
         model_type = config.model.model_type
         config = replace(
             config, learning_rate=resolve_learning_rate(config.learning_rate, model_type)
@@ -523,8 +542,7 @@ def restore_or_start(
             learning_rate=config.learning_rate,
         )
 
-    resume = max(candidates, key=lambda checkpoint: checkpoint.get("epoch", 0))
-    resume_path = resume.pop("_path")
+    resume = load_checkpoint(resume_path)
     if model_type_given and resume["model_type"] != config.model.model_type:
         raise PetsegError(
             f"{resume_path}: holds a {resume['model_type']} model but --model_type "
@@ -546,7 +564,7 @@ def restore_or_start(
     for group in optimizer.param_groups:  # the chosen rate and the command line's decay win
         group["lr"] = config.learning_rate
         group["weight_decay"] = optimizer.defaults["weight_decay"]
-    best_dice = float(resume.get("best_dice", float("-inf")))
+    best_dice = restore_missing_best(best_path, resume, float(resume.get("best_dice", "-inf")))
     history = read_history(history_path(best_path), upto=int(resume["epoch"]))
     partial = EpochProgress(**resume.get("partial_epoch", {}))
     into_next = (
@@ -644,6 +662,39 @@ def resume_hint(model_path: Path) -> str:
     if batches:
         held += f" and {batches} batches of the next"
     return f"{last} holds {held}; run the same command to resume"
+
+
+def restore_missing_best(best_path: Path, last: dict[str, Any], best_dice: float) -> float:
+    """The best Dice to go on from when resuming, first rewriting a missing best checkpoint
+    from the last one when the last epoch was the best; if another epoch was, its weights are
+    gone, and the next epoch saves a new best."""
+    if best_path.exists() or not math.isfinite(best_dice):
+        return best_dice
+    last_dice = last.get("valid_scores", {}).get("dice")
+    if last_dice is not None and last_dice >= best_dice:
+        save_checkpoint(best_path, without_training_state(last))
+        print(
+            f"petseg: rewrote the missing {best_path} from epoch {last['epoch']}, its best",
+            file=sys.stderr,
+        )
+        return best_dice
+    print(
+        f"petseg: {best_path} is missing and its best epoch is lost; the next epoch saves a "
+        "new best",
+        file=sys.stderr,
+    )
+    return float("-inf")
+
+
+def written_files(model_path: Path) -> str:
+    """'checkpoint X, last epoch Y, curves Z', naming only the files that exist."""
+    files = (
+        ("checkpoint", model_path),
+        ("last epoch", last_checkpoint_path(model_path)),
+        ("history", history_path(model_path)),
+        ("curves", curves_path(model_path)),
+    )
+    return ", ".join(f"{label} {path}" for label, path in files if path.exists())
 
 
 def count_parameters(model: nn.Module) -> int:
