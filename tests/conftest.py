@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -219,3 +221,66 @@ def flags_to_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable
 def names() -> SimpleNamespace:
     """The small dataset's image names: .trainval (18 train, 2 valid) and .test."""
     return SimpleNamespace(trainval=TRAINVAL, test=TEST)
+
+
+def save_tiny_unet(path: Path, image_size: int = 32, seed: int = 0) -> Path:
+    """A two-level UNet checkpoint taught for a few steps that bright blobs on a dark background
+    are pet: real weights and mixed masks, in about a second."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = build_model("unet", widths=[4, 8])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    for _ in range(40):
+        images = torch.rand(8, 3, image_size, image_size, generator=generator) * 0.35
+        masks = torch.zeros(8, 1, image_size, image_size)
+        for index in range(8):
+            top, left = torch.randint(0, image_size // 2, (2,), generator=generator).tolist()
+            height, width = torch.randint(4, image_size // 2, (2,), generator=generator).tolist()
+            masks[index, :, top : top + height, left : left + width] = 1.0
+        images = images + 0.6 * masks
+        logits = model((images - mean) / std)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    config = tiny_config(image_size=image_size, widths=(4, 8))
+    checkpoint = make_checkpoint(model.eval(), config, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    save_checkpoint(path, checkpoint)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny UNet checkpoint (see save_tiny_unet) shared by the tests that only run a model."""
+    return save_tiny_unet(tmp_path_factory.mktemp("tiny") / "tiny.pt")
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Mount small tmpfs file systems under tmp_path, e.g. `tmpfs(64)` (KiB) or `tmpfs(64,
+    read_only=True)`, to meet a full disk or a read-only one for real; skips where mounting is
+    not permitted (not root, or a container without the capability)."""
+    mounted: list[Path] = []
+
+    def mount(size_kib: int, *, read_only: bool = False) -> Path:
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        options = f"size={size_kib}k" + (",ro" if read_only else "")
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command to make a tmpfs")
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", str(point)], capture_output=True, check=False)

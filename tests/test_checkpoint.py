@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -22,8 +23,10 @@ from petseg.checkpoint import (
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
-    newest_checkpoint,
+    resume_checkpoint,
+    resume_source,
     save_checkpoint,
+    without_training_state,
 )
 from petseg.config import PRESETS, TrainConfig, model_kwargs, to_plain
 from petseg.errors import PetsegError
@@ -227,7 +230,7 @@ def test_a_failing_save_keeps_the_previous_file_and_leaves_no_temp_file(
         raise OSError("disk full")
 
     monkeypatch.setattr(petseg.checkpoint.torch, "save", save_then_crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(PetsegError, match=f"{path}: cannot write \\(disk full\\)"):
         save_checkpoint(path, small_checkpoint(small_unet(seed=1)))
     monkeypatch.undo()
     assert path.read_bytes() == before
@@ -400,13 +403,109 @@ def test_last_checkpoint_and_history_never_overwrite_the_best_checkpoint() -> No
     assert len({best, last_checkpoint_path(best), history_path(best)}) == 3
 
 
-def test_newest_checkpoint_prefers_the_later_epoch_and_names_its_file(tmp_path: Path) -> None:
-    best, last = tmp_path / "m.pt", tmp_path / "m.last.pt"
-    assert newest_checkpoint(best) is None
-    save_checkpoint(best, small_checkpoint(small_unet(), epoch=2))
-    assert newest_checkpoint(best)[1] == best
-    save_checkpoint(last, small_checkpoint(small_unet(), epoch=2))
-    assert newest_checkpoint(best)[1] == last  # equal epochs: the every-epoch file
-    save_checkpoint(best, small_checkpoint(small_unet(), epoch=3))
-    checkpoint, path = newest_checkpoint(best)
-    assert (path, checkpoint["epoch"]) == (best, 3)
+def test_resume_checkpoint_loads_the_last_checkpoint(tmp_path: Path) -> None:
+    best = tmp_path / "m.pt"
+    assert resume_checkpoint(best) is None
+    save_checkpoint(last_checkpoint_path(best), small_checkpoint(small_unet(), epoch=2))
+    checkpoint, path = resume_checkpoint(best)
+    assert (path, checkpoint["epoch"]) == (last_checkpoint_path(best), 2)
+
+
+# --- non-finite weights, files that are not checkpoints ---------------------------------------
+
+
+def nan_unet() -> nn.Module:
+    model = small_unet()
+    with torch.no_grad():
+        next(model.parameters())[0].fill_(float("nan"))
+        next(model.parameters())[1].fill_(float("inf"))
+    return model
+
+
+def test_weights_that_are_not_finite_are_never_written(tmp_path: Path) -> None:
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, small_checkpoint(small_unet()))
+    before = path.read_bytes()
+    with pytest.raises(PetsegError, match=r"not written, the model has \d+ non-finite weights"):
+        save_checkpoint(path, small_checkpoint(nan_unet()))
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.pt"]
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_on_load(tmp_path: Path) -> None:
+    path = tmp_path / "diverged.pt"
+    torch.save(small_checkpoint(nan_unet()), path)  # written by something other than petseg
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in nan_unet().state_dict().values())
+    error = assert_refused(path)
+    assert f"holds {bad:,} non-finite weights (NaN or inf)" in str(error)
+
+
+def test_an_onnx_file_is_named_as_one(tmp_path: Path) -> None:
+    onnx_like = b"\x08\x08\x12\x07pytorch"  # an ONNX protobuf starts with its ir_version field
+    for name in ("model.onnx", "renamed.pt"):
+        (tmp_path / name).write_bytes(onnx_like)
+        error = assert_refused(tmp_path / name)
+        assert "is an ONNX model, not a checkpoint" in str(error)
+        assert "needs the .pt checkpoint" in str(error)
+
+
+def test_a_folder_is_named_as_one_listing_its_checkpoints(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    assert str(assert_refused(runs)).endswith(
+        "is a folder, not a checkpoint; pass a checkpoint file (NAME.pt)"
+    )
+    save_checkpoint(runs / "r34.pt", small_checkpoint(small_unet()))
+    assert "pass one of its checkpoint files (r34.pt)" in str(assert_refused(runs))
+
+
+class RunsAShellCommand:
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, ("true",))
+
+
+def test_a_pickle_that_would_run_code_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "petseg-checkpoint", "payload": RunsAShellCommand()}, path)
+    message = str(assert_refused(path))
+    assert "refused to load: the file asks to run code when loaded" in message
+    assert f"(it imports {os.system.__module__}.system)" in message
+    assert "truncated or corrupt" not in message
+
+
+@pytest.mark.parametrize(
+    "torch_words",
+    [
+        "Weights only load failed. ... Unsupported global: GLOBAL posix.system was not an allowed "
+        "global by default.",
+        "Weights only load failed. ...\n\nTrying to load unsupported GLOBAL posix.system whose "
+        "module posix is blocked.\n\nCheck the documentation",
+    ],
+)
+def test_the_code_refusal_reads_each_torch_versions_words(tmp_path, monkeypatch, torch_words):
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise pickle.UnpicklingError(torch_words)
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(b"PK")
+    monkeypatch.setattr(petseg.checkpoint.torch, "load", refuse)
+    assert "(it imports posix.system)" in str(assert_refused(path))
+
+
+def test_the_best_checkpoint_goes_without_the_training_state() -> None:
+    checkpoint = small_checkpoint(
+        small_unet(), optimizer={"state": {}}, grad_scaler={"scale": 1.0}, partial_epoch={}
+    )
+    best = without_training_state(checkpoint)
+    assert not {"optimizer", "grad_scaler", "partial_epoch"} & set(best)
+    assert best["state_dict"] is checkpoint["state_dict"] and "optimizer" in checkpoint
+
+
+def test_training_resumes_from_the_last_checkpoint_only(tmp_path: Path) -> None:
+    best = tmp_path / "m.pt"
+    assert resume_source(best) is None
+    save_checkpoint(best, small_checkpoint(small_unet()))
+    with pytest.raises(PetsegError, match=r"m\.last\.pt, which training resumes from, does not"):
+        resume_source(best)
+    save_checkpoint(last_checkpoint_path(best), small_checkpoint(small_unet()))
+    assert resume_source(best) == last_checkpoint_path(best)

@@ -197,7 +197,7 @@ def test_a_resume_without_model_type_takes_the_checkpoints_and_its_flags(
     tmp_path, write_checkpoint, train_config, flags_to_config
 ) -> None:
     stored = train_config("resnet34_unet", decoder_widths=(8, 8, 8, 8, 8))
-    write_checkpoint(tmp_path / "m.pt", nn.Identity(), stored, epoch=1)
+    write_checkpoint(tmp_path / "m.last.pt", nn.Identity(), stored, epoch=1)  # resumed from
     # --stem is a resnet34_unet flag: resolved over the checkpoint, not over the unet preset
     config = flags_to_config("--stem", "deep", "--epochs", "3")
     assert config.model == stored.model and config.recipe.epochs == 3

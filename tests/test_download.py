@@ -182,11 +182,12 @@ def test_unreachable_server_suggests_network_or_mirror(tmp_path: Path) -> None:
     root = tmp_path / "data"
     url = f"http://127.0.0.1:{_closed_port()}/pets"
 
-    with pytest.raises(PetsegError, match=r"check the network, pass --mirror URL") as caught:
+    with pytest.raises(PetsegError, match=r"check the network or pass --mirror URL") as caught:
         download_dataset(root, url, progress=False, timeout=2)
 
     message = str(caught.value)
     assert "\n" not in message
+    assert "point --data_path at its folder (the one holding images/ and annotations/)" in message
     assert f"{url}/images.tar.gz" in message
     assert str(root) in message
     assert _leftovers(root) == []

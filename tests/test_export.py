@@ -19,13 +19,13 @@ import petseg.export
 from petseg import __version__
 from petseg.checkpoint import make_checkpoint, save_checkpoint
 from petseg.cli import build_parser, main
-from petseg.config import PRESETS, TrainConfig
+from petseg.config import PRESETS, PredictConfig, TrainConfig
 from petseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from petseg.errors import PetsegError
 from petseg.export import export_onnx, other_size, trace_size
 from petseg.models import MODELS, build_model
 from petseg.onnx_model import CPU_PROVIDER, CUDA_PROVIDER, providers_for
-from petseg.predict import predict_masks
+from petseg.predict import predict
 
 SIZE = 32
 TINY = {"unet": {"widths": (4, 8)}, "resnet34_unet": {"decoder_widths": (8, 8, 8, 8, 8)}}
@@ -224,20 +224,21 @@ def test_predict_with_onnxruntime_writes_the_same_files_as_torch(
         outputs = {}
         for backend, path in (("torch", checkpoint), ("onnxruntime", onnx_path)):
             save_dir = tmp_path / f"{backend}-{tta}"
-            written = predict_masks(
+            config = PredictConfig(
                 path,
-                save_dir,
-                inputs=photos,
+                tuple(photos),
+                save_dir=save_dir,
                 batch_size=3,
                 num_workers=0,
-                device_name="cpu",
+                device="cpu",
                 precision="fp32",
                 tta=tta,
                 overlays=True,
                 cutouts=True,
                 backend=backend,
             )
-            outputs[backend] = {p.name: p.read_bytes() for p in written}
+            predict(config)
+            outputs[backend] = {p.name: p.read_bytes() for p in save_dir.iterdir()}
         assert len(outputs["torch"]) == 3 * len(photos)
         assert outputs["onnxruntime"] == outputs["torch"]
         masks = [

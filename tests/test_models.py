@@ -1,10 +1,12 @@
-"""Model registry, output shapes, gradients, parameter counts and the ResNet34 encoder."""
+"""Model registry, output shapes, gradients, parameter counts, the encoders and the shared decoder."""
 
 from __future__ import annotations
 
 import copy
 import itertools
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,8 +14,9 @@ from torch import nn
 
 from petseg.errors import PetsegError
 from petseg.models import MODELS, ResNet34UNet, UNet, build_model
-from petseg.models.blocks import DecoderBlock
+from petseg.models.decoder import DecoderBlock, EncoderDecoder, UNetDecoder
 from petseg.models.resnet import BasicBlock, ResNetEncoder
+from petseg.models.unet import UNetEncoder
 
 MODEL_NAMES = sorted(MODELS)
 
@@ -81,7 +84,9 @@ def test_build_model_passes_decoder_widths_to_resnet34_unet() -> None:
 # --- shapes, values, gradients ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [(64, 64), (100, 150), (333, 500)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(
+    "size", [(64, 64), (67, 93), (100, 150), (333, 500)], ids=lambda s: f"{s[0]}x{s[1]}"
+)
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_output_is_one_logit_map_of_the_input_size(
     default_models: dict[str, nn.Module], name: str, size: tuple[int, int]
@@ -124,6 +129,49 @@ def test_backward_gives_a_finite_gradient_to_every_trainable_parameter(name: str
     assert not not_finite, f"non-finite gradient for {not_finite[:5]}"
     # The head sits right before the loss: its gradient cannot vanish.
     assert model.head.weight.grad.abs().sum() > 0
+
+
+TINY = {"unet": {"widths": (4, 8, 16)}, "resnet34_unet": {"decoder_widths": (16, 8, 8, 8, 8)}}
+# unet: encoder (4, 8, 16, 32), blocks 32 + 16, 16 + 8, 8 + 4; resnet34_unet: encoder
+# (64, 64, 128, 256, 512), blocks 512 + 256, 16 + 128, 8 + 64, 8 + 64, then 8 with no skip
+DECODER_INPUTS = {"unet": [48, 24, 12], "resnet34_unet": [768, 144, 72, 72, 8]}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_channels_last_gives_the_logits_of_the_default_layout(name: str) -> None:
+    torch.manual_seed(4)
+    model = build_model(name, **TINY[name]).eval()
+    images = torch.randn(2, 3, 37, 29)
+    with torch.no_grad():
+        expected = model(images)
+        model.to(memory_format=torch.channels_last)
+        got = model(images.contiguous(memory_format=torch.channels_last))
+    assert got.shape == (2, 1, 37, 29)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_is_an_encoder_and_a_decoder_built_from_its_out_channels(name: str) -> None:
+    model = build_model(name, **TINY[name]).eval()
+    assert isinstance(model, EncoderDecoder)
+    assert isinstance(model.decoder, UNetDecoder)
+    with torch.no_grad():
+        features = model.encoder(torch.randn(1, 3, 40, 56))
+    # the encoder contract: maps from high to low resolution, out_channels their channels
+    assert [f.shape[1] for f in features] == list(model.encoder.out_channels)
+    assert all(a.shape[-1] > b.shape[-1] for a, b in itertools.pairwise(features))
+    # each decoder block takes the previous output (the deepest feature first) plus its skip
+    assert [block.conv[0].in_channels for block in model.decoder] == DECODER_INPUTS[name]
+    assert model.head.in_channels == model.decoder.out_channels[-1]
+
+
+def test_the_models_import_no_run_configuration() -> None:
+    # the models own their defaults; petseg.config stays a layer above them
+    code = "import sys, petseg.models; print('petseg.config' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
 
 
 # --- parameter counts -------------------------------------------------------------------------
@@ -319,7 +367,7 @@ def test_encoder_rejects_layers_and_widths_of_different_lengths() -> None:
         ResNetEncoder(layers=(3, 4, 6), widths=(64, 128, 256, 512))
 
 
-# --- decoder block ----------------------------------------------------------------------------
+# --- decoder ----------------------------------------------------------------------------
 
 
 def test_transpose_decoder_block_pads_an_odd_size_to_the_skip() -> None:
@@ -345,6 +393,65 @@ def test_decoder_block_needs_a_skip_or_a_size() -> None:
 def test_decoder_block_rejects_an_unknown_upsample_mode() -> None:
     with pytest.raises(ValueError, match="bilinear"):
         DecoderBlock(8, 4, 4, upsample="bilinear")  # type: ignore[arg-type]
+
+
+class PyramidEncoder(nn.Module):
+    """A stand-in encoder: one stride-2 1x1 conv per level, so features at 1/2, 1/4, ..."""
+
+    def __init__(self, out_channels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c_in, c_out, 1, stride=2)
+            for c_in, c_out in zip((3, *out_channels[:-1]), out_channels, strict=True)
+        )
+        self.out_channels = out_channels
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        features = [self.convs[0](images)]
+        for conv in self.convs[1:]:
+            features.append(conv(features[-1]))
+        return features
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "transpose"])
+def test_the_decoder_derives_its_blocks_from_any_encoders_out_channels(upsample: str) -> None:
+    encoder = PyramidEncoder((6, 10, 14))
+    # two skips (10 at 1/4, 6 at 1/2), then one block without a skip back to the input size
+    decoder = UNetDecoder(encoder.out_channels, (12, 8, 4), upsample=upsample)  # type: ignore[arg-type]
+    halve = upsample == "transpose"
+    ups = [14 // 2 if halve else 14, 12 // 2 if halve else 12, 8 // 2 if halve else 8]
+    assert [block.conv[0].in_channels for block in decoder] == [ups[0] + 10, ups[1] + 6, ups[2]]
+    model = EncoderDecoder(encoder, decoder, num_classes=2, deep_supervision=True)
+    images = torch.randn(2, 3, 37, 29)  # odd at every level
+    logits, aux = model.train()(images)
+    assert logits.shape == (2, 2, 37, 29)
+    assert [tuple(a.shape) for a in aux] == [(2, 2, 10, 8), (2, 2, 19, 15)]  # at 1/4 and 1/2
+    with torch.no_grad():
+        assert model.eval()(images).shape == (2, 2, 37, 29)
+
+
+def test_the_decoder_widths_default_to_the_skip_channels() -> None:
+    decoder = UNetDecoder((6, 10, 14))
+    assert decoder.out_channels == (10, 6)
+    assert [block.conv[-3].out_channels for block in decoder] == [10, 6]
+
+
+@pytest.mark.parametrize("widths", [(8,), (8, 8, 8, 8)])
+def test_the_decoder_refuses_widths_that_do_not_fit_the_skips(widths: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="need 2 or 3 values"):
+        UNetDecoder((6, 10, 14), widths)
+
+
+@pytest.mark.parametrize("size", [(64, 48), (37, 23)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_unet_encoder_returns_a_feature_per_width_and_the_bottleneck(size: tuple[int, int]) -> None:
+    encoder = UNetEncoder(widths=(4, 8, 16)).eval()
+    assert encoder.out_channels == (4, 8, 16, 32)
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 3, *size))
+    shapes = [
+        (1, c, size[0] // 2**level, size[1] // 2**level) for level, c in enumerate((4, 8, 16, 32))
+    ]
+    assert [tuple(f.shape) for f in features] == shapes
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from petseg.pictures import (
     FALSE_NEGATIVE_RGB,
     FALSE_POSITIVE_RGB,
     GalleryRow,
+    curves_figure,
     cutout,
     error_map,
     overlay,
@@ -23,6 +24,7 @@ from petseg.pictures import (
     to_uint8_image,
     truth_picture,
 )
+from petseg.schedules import schedule_points
 
 # pred     target    expected colour
 # 1 1 0    1 0 0     tp fp tn
@@ -166,3 +168,30 @@ def test_curves_render_from_csv_text_with_blanks_or_a_single_epoch() -> None:
     assert open_png(render_curves([history_row(1)])).size == picture.size
     with pytest.raises(ValueError):
         render_curves([])
+
+
+@pytest.mark.parametrize(("loss", "title"), [("bce", "BCE"), ("dice", "soft Dice"),
+                                             ("bce_dice", "BCE + soft Dice")])  # fmt: skip
+def test_the_loss_panel_names_the_loss_trained_with(loss: str, title: str) -> None:
+    loss_ax = curves_figure([history_row(1), history_row(2)], loss=loss).axes[0]
+    assert loss_ax.get_title() == f"{title} loss per image"
+
+
+def test_a_one_epoch_run_draws_its_points_on_sane_axes() -> None:
+    """One epoch of onecycle: the loss and Dice points sit mid-axis (not on a 0.95-1.05
+    stretch), and the rate panel draws the schedule, not only its last step's 2e-09."""
+    steps, peak = 10, 5e-4
+    rates = schedule_points(steps, steps, base_lr=peak, total_steps=steps, scheduler="onecycle")
+    history = [history_row(1, learning_rate=peak / 25 / 1e4)]
+    loss_ax, dice_ax, lr_ax = curves_figure(history, learning_rates=rates).axes
+    for ax in (loss_ax, dice_ax, lr_ax):
+        low, high = ax.get_xlim()
+        assert low <= 0.5 and high >= 1.5
+    assert all(line.get_marker() == "o" for line in loss_ax.get_lines())
+    assert [line.get_marker() for line in dice_ax.get_lines()][:2] == ["o", "o"]
+    low, high = dice_ax.get_ylim()
+    assert 0.1 <= high - low <= 0.2 and low <= 0.6 <= high  # history_row(1)'s Dice is 0.6
+    assert not dice_ax.yaxis.get_major_formatter().get_useOffset()
+    (drawn,) = lr_ax.get_lines()
+    assert max(drawn.get_ydata()) == pytest.approx(peak)
+    assert lr_ax.get_ylim()[0] == 0

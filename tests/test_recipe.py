@@ -15,16 +15,23 @@ from PIL import Image
 from torch import nn
 
 import petseg.evaluate
-import petseg.predict
+import petseg.segmenter
 import petseg.train
 from petseg import cli
 from petseg.checkpoint import history_path, last_checkpoint_path, load_checkpoint
-from petseg.config import PRESETS, EvaluateConfig, ResNet34UNetConfig, UNetConfig, model_kwargs
+from petseg.config import (
+    PRESETS,
+    EvaluateConfig,
+    PredictConfig,
+    ResNet34UNetConfig,
+    UNetConfig,
+    model_kwargs,
+)
 from petseg.data.oxford_pet import OxfordPetDataset
 from petseg.data.transforms import eval_transform, train_transform
 from petseg.evaluate import choose_threshold, evaluate_checkpoint
 from petseg.models import build_model
-from petseg.predict import predict_masks
+from petseg.predict import predict
 from petseg.schedules import learning_rate_at
 from petseg.train import THRESHOLD_CANDIDATES, describe_recipe, tune_checkpoint_threshold
 
@@ -196,7 +203,7 @@ def test_the_tuned_threshold_is_stored_and_used_by_evaluate_and_predict(
     names = [f"Abyssinian_{index}" for index in range(1, 11)]  # the first line is valid
     root = write_red_pets(tmp_path / "pets", names)
     path = write_checkpoint(tmp_path / "faint.pt", nn.Identity(), train_config(image_size=SIZE))
-    for module in (petseg.train, petseg.evaluate, petseg.predict):
+    for module in (petseg.train, petseg.evaluate, petseg.segmenter):
         monkeypatch.setattr(module, "model_from_checkpoint", lambda *_: FaintRed())
     scored = EvaluateConfig(path, root, num_workers=0, precision="fp32")
     before = evaluate_checkpoint(scored)
@@ -219,12 +226,12 @@ def test_the_tuned_threshold_is_stored_and_used_by_evaluate_and_predict(
     assert forced["threshold"] == 0.5 and forced["dice"] == 0.0
 
     photo = root / "images" / f"{names[0]}.jpg"
-    predict_masks(path, tmp_path / "out", inputs=[photo], num_workers=0)
+    predict(PredictConfig(path, (photo,), save_dir=tmp_path / "out", num_workers=0))
     with Image.open(tmp_path / "out" / f"{names[0]}.png") as written:
         mask = np.asarray(written)
     assert (mask[:, : SIZE // 2] == 255).all() and (mask[:, SIZE // 2 :] == 0).all()
     # an explicit --threshold still wins over the stored one
-    predict_masks(path, tmp_path / "out5", inputs=[photo], num_workers=0, threshold=0.5)
+    predict(PredictConfig(path, (photo,), save_dir=tmp_path / "out5", num_workers=0, threshold=0.5))
     with Image.open(tmp_path / "out5" / f"{names[0]}.png") as written:
         assert not np.asarray(written).any()
 

@@ -6,7 +6,13 @@ test name). Data is synthetic: a small copy of the official layout built per tes
 
 from __future__ import annotations
 
+import csv
+import errno
+import itertools
+import math
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,8 +25,9 @@ import pytest
 import torch
 from PIL import Image
 
-from petseg.checkpoint import last_checkpoint_path, save_checkpoint
+from petseg.checkpoint import history_path, last_checkpoint_path, save_checkpoint
 from petseg.cli import main
+from petseg.errors import PetsegError
 
 
 def closed_port() -> int:
@@ -39,8 +46,10 @@ def test_row01_nonexistent_data_path_without_network(tmp_path, fails_with, train
         train_args(missing, tmp_path / "m.pt", "--mirror", mirror),
         "cannot download",
         "--mirror",
+        "point --data_path at its folder",
     )
     assert not (tmp_path / "m.pt").exists()
+    assert not missing.exists()  # the folder made for the download went with it
 
 
 def test_row02_data_path_is_a_file(tmp_path, fails_with, train_args) -> None:
@@ -152,7 +161,8 @@ def test_row14_checkpoint_of_another_architecture(checkpoint_path, data, fails_w
          "--model_type", "resnet34_unet"],
         "holds a unet model, not resnet34_unet",
     )  # fmt: skip
-    # and training on top of it with another architecture
+    # and resuming its training with another architecture
+    shutil.copy(checkpoint_path, last_checkpoint_path(checkpoint_path))
     fails_with(
         ["train", "--data_path", str(data), "--model_path", str(checkpoint_path),
          "--model_type", "resnet34_unet", "--epochs", "3"],
@@ -510,7 +520,7 @@ def test_atomic_write_keeps_the_old_checkpoint_when_saving_fails(
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(PetsegError, match="disk full"):
         save_checkpoint(checkpoint_path, {"format": "petseg-checkpoint"})
     assert checkpoint_path.read_bytes() == before
     assert [p.name for p in checkpoint_path.parent.iterdir() if p.suffix == ".tmp"] == []
@@ -534,3 +544,291 @@ def test_row09b_other_ranks_skip_the_same_samples_silently(data, capsys, names) 
     loud = checked_names(data, "train", skip_bad=True)
     assert quiet == loud and names.trainval[2] not in loud
     assert capsys.readouterr().err.count(f"skipping {names.trainval[2]} ") == 1
+
+
+# --- data path mistakes are not downloads (issue 48, item 6) ----------------------------------
+
+
+def test_row40_a_typo_in_data_path_suggests_the_folder_meant(
+    data, tmp_path, fails_with, train_args
+) -> None:
+    typo = data.with_name("pest")
+    fails_with(train_args(typo, tmp_path / "m.pt"), f"{typo}: no such folder; did you "
+               f"mean {data}?", "--download")  # fmt: skip
+    assert not typo.exists()
+    elsewhere = tmp_path / "nothing-like-it"
+    fails_with(train_args(elsewhere, tmp_path / "m.pt"), "no such folder; point "
+               "--data_path at the folder holding images/ and annotations/")  # fmt: skip
+    assert not elsewhere.exists()
+
+
+def test_row41_the_images_subfolder_suggests_its_parent(
+    data, tmp_path, fails_with, train_args
+) -> None:
+    for part in ("images", "annotations"):
+        fails_with(train_args(data / part, tmp_path / "m.pt"),
+                   f"{data / part}: is the dataset's {part}/ subfolder; pass its parent {data}")  # fmt: skip
+
+
+def test_row42_a_dataset_missing_a_file_names_it(checkpoint_path, data, tmp_path, fails_with):
+    (data / "annotations" / "test.txt").unlink()
+    fails_with(
+        ["evaluate", "--model_path", str(checkpoint_path), "--data_path", str(data)],
+        f"{data / 'annotations' / 'test.txt'}: missing, so the dataset in {data} is incomplete",
+        "--download",
+    )
+    assert sorted(p.name for p in data.iterdir()) == ["annotations", "images"]
+
+
+def test_row43_the_folder_above_the_dataset_points_down(
+    data, tmp_path, fails_with, train_args
+) -> None:
+    fails_with(train_args(data.parent, tmp_path / "m.pt"),
+               f"{data.parent}: holds the dataset one level down; pass --data_path {data}")  # fmt: skip
+
+
+def test_row44_download_asked_for_goes_ahead_and_a_failure_leaves_no_folder(
+    tmp_path, monkeypatch, fails_with, train_args
+) -> None:
+    asked: list[tuple[Path, str | None]] = []
+
+    def offline(root: Path, mirror: str | None = None) -> list[str]:
+        asked.append((root, mirror))
+        root.mkdir(parents=True, exist_ok=True)  # as download_dataset does first
+        raise PetsegError("cannot download (offline)")
+
+    monkeypatch.setattr("petseg.data.loading.download_dataset", offline)
+    wanted = tmp_path / "new" / "my-pets"
+    fails_with([*train_args(wanted, tmp_path / "m.pt"), "--download"], "offline")
+    assert asked == [(wanted, None)] and not wanted.parent.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder is clearly meant for the dataset: no --download needed
+    fails_with(train_args(empty, tmp_path / "m.pt"), "offline")
+    assert asked[-1] == (empty, None) and empty.is_dir()
+
+
+# --- misleading model files (item 7) ----------------------------------------------------------
+
+
+def test_row45_evaluate_given_an_onnx_file(data, tmp_path, fails_with) -> None:
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"\x08\x08\x12\x07pytorch")
+    fails_with(
+        ["evaluate", "--model_path", str(onnx_file), "--data_path", str(data)],
+        f"{onnx_file}: is an ONNX model, not a checkpoint; this command needs the .pt checkpoint",
+    )
+
+
+def test_row46_a_folder_as_model_path(checkpoint_path, data, fails_with) -> None:
+    fails_with(
+        ["evaluate", "--model_path", str(checkpoint_path.parent), "--data_path", str(data)],
+        f"{checkpoint_path.parent}: is a folder, not a checkpoint; pass one of its checkpoint "
+        "files (tiny.pt)",
+    )
+
+
+# --- outputs are checked first; a failed write is one line and a rerun repairs (item 3) ------
+
+
+def test_row47_evaluate_output_is_a_folder(
+    checkpoint_path, data, tmp_path, capsys, fails_with
+) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    args = ["evaluate", "--model_path", str(checkpoint_path), "--data_path", str(data),
+            "--output", str(folder)]  # fmt: skip
+    fails_with(args, f"{folder}: is a folder; name a file to write instead")
+    assert "Dice" not in capsys.readouterr().out  # refused before evaluating
+    assert list(folder.iterdir()) == []
+
+
+def test_row48_train_on_a_read_only_file_system(
+    data, tmpfs, capsys, fails_with, train_args
+) -> None:
+    model_path = tmpfs(64, read_only=True) / "m.pt"
+    fails_with(train_args(data, model_path), "cannot write (Read-only file system)")
+    assert "training" not in capsys.readouterr().out
+
+
+def history_epochs(model_path: Path) -> list[dict[str, str]]:
+    with history_path(model_path).open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_consistent(model_path: Path, epochs: int) -> None:
+    """Best checkpoint, last checkpoint and history tell the same story."""
+    last = torch.load(last_checkpoint_path(model_path), weights_only=True)
+    best = torch.load(model_path, weights_only=True)
+    rows = history_epochs(model_path)
+    assert last["epoch"] == epochs
+    assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))
+    dice = [float(row["valid_dice"]) for row in rows]
+    assert best["epoch"] == 1 + dice.index(max(dice))  # the first epoch with the best Dice
+    assert best["valid_scores"]["dice"] == pytest.approx(max(dice))
+
+
+@pytest.mark.parametrize(("failing", "at_write"), [("best", 1), ("last", 2), ("history", 2)])
+def test_row49_a_full_disk_mid_run_is_one_line_and_a_rerun_repairs(
+    data, tmp_path, capsys, monkeypatch, failing, at_write, fails_with, train_args
+) -> None:
+    model_path = tmp_path / "runs" / "m.pt"
+    target = {"best": model_path, "last": last_checkpoint_path(model_path),
+              "history": history_path(model_path)}[failing]  # fmt: skip
+    writes = itertools.count(1)
+    real_replace = os.replace
+
+    def disk_fills(source, destination, **kwargs) -> None:
+        if Path(destination) == target and next(writes) == at_write:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(source, destination, **kwargs)
+
+    monkeypatch.setattr(os, "replace", disk_fills)
+    args = train_args(data, model_path, "--epochs", "2")
+    fails_with(args, f"{target}: cannot write (No space left on device); free some disk "
+               "space and run again")  # fmt: skip
+    assert not [p for p in model_path.parent.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert_consistent(model_path, epochs=2)
+    closing = capsys.readouterr().out.strip().splitlines()[-1]
+    named = re.findall(r"(?:checkpoint|last epoch|history|curves) (\S+?)(?:,|$)", closing)
+    assert len(named) == 4 and all(Path(path).exists() for path in named), closing
+
+
+def test_row50_stale_temp_files_of_a_killed_write_are_removed(data, tmp_path, train_args) -> None:
+    model_path = tmp_path / "m.pt"
+    stale = [tmp_path / ".m.pt.x1y2z3w4.tmp", tmp_path / ".m.last.pt.abcdefgh.tmp",
+             tmp_path / ".m.history.csv.12345678.tmp"]  # fmt: skip
+    mine = tmp_path / ".m.pt.my-notes.tmp"
+    for path in [*stale, mine]:
+        path.write_bytes(b"half a file")
+    assert main(train_args(data, model_path)) == 0
+    assert not any(path.exists() for path in stale) and mine.exists()
+
+
+# --- one run per model path (item 4) ----------------------------------------------------------
+
+
+def test_row51_a_second_run_on_the_same_model_path_is_refused(
+    data, tmp_path, fails_with, train_args
+) -> None:
+    model_path = tmp_path / "m.pt"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path\n"
+         "from petseg.runlock import run_lock\n"
+         "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    sys.stdin.read()",
+         str(model_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        fails_with(train_args(data, model_path), f"{model_path}: another training run is "
+                   f"writing it (process {holder.pid} on {socket.gethostname()}, started ")  # fmt: skip
+    finally:
+        holder.communicate("")
+    assert not model_path.exists() and not last_checkpoint_path(model_path).exists()
+    assert main(train_args(data, model_path)) == 0  # free once the other run ended
+
+
+# --- divergence is never a success (item 2) ---------------------------------------------------
+
+
+def poisoned_adamw(monkeypatch: pytest.MonkeyPatch, at_step: int, value: float) -> None:
+    """After optimizer step `at_step`, every weight times `value` (NaN: every weight NaN), as a
+    learning rate of inf or 1e6 does."""
+    real_step = torch.optim.AdamW.step
+    steps = itertools.count(1)
+
+    def step(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        if next(steps) == at_step:
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for parameter in group["params"]:
+                        parameter.mul_(value)
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+
+
+def test_row52_a_model_gone_nan_is_not_saved_and_the_run_fails(
+    data, tmp_path, monkeypatch, fails_with, train_args
+):
+    model_path = tmp_path / "m.pt"
+    poisoned_adamw(monkeypatch, at_step=1, value=math.nan)
+    fails_with(train_args(data, model_path, "--optimizer", "adamw"),
+               "training diverged in epoch 1 (", "nothing saved; lower --learning-rate")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pets"]
+
+
+def test_row53_an_exploding_loss_stops_and_keeps_the_last_good_epoch(
+    data, tmp_path, monkeypatch, fails_with, train_args
+) -> None:
+    model_path = tmp_path / "m.pt"
+    args = train_args(data, model_path, "--optimizer", "adamw", "--epochs", "2")
+    poisoned_adamw(monkeypatch, at_step=5, value=1e4)  # epoch 1 has 4 steps (18 images, batch 4)
+    fails_with(args, "training diverged in epoch 2 (",
+               f"{last_checkpoint_path(model_path)} (epoch 1) and {model_path} stay as they were")  # fmt: skip
+    assert_consistent(model_path, epochs=1)
+    monkeypatch.undo()
+    assert main(args) == 0  # the same command resumes after epoch 1
+    assert_consistent(model_path, epochs=2)
+
+
+# --- what a checkpoint holds (item 8) ---------------------------------------------------------
+
+
+def test_row54_the_best_checkpoint_holds_no_optimizer_state(
+    data, tmp_path, fails_with, train_args
+) -> None:
+    model_path = tmp_path / "m.pt"
+    assert main(train_args(data, model_path)) == 0
+    best = torch.load(model_path, weights_only=True)
+    last = torch.load(last_checkpoint_path(model_path), weights_only=True)
+    assert "optimizer" not in best and "optimizer" in last
+    assert model_path.stat().st_size < last_checkpoint_path(model_path).stat().st_size
+    # a best checkpoint alone cannot be resumed, and is not trained over
+    last_checkpoint_path(model_path).unlink()
+    before = model_path.read_bytes()
+    fails_with(train_args(data, model_path, "--epochs", "2"),
+               f"{model_path}: exists, but m.last.pt, which training resumes from, does not")  # fmt: skip
+    assert model_path.read_bytes() == before
+
+
+def test_row55_a_missing_best_checkpoint_is_rewritten_from_the_last(
+    data, tmp_path, capsys, train_args
+):
+    model_path = tmp_path / "m.pt"
+    assert main(train_args(data, model_path)) == 0
+    model_path.unlink()
+    assert main(train_args(data, model_path)) == 0  # already trained: nothing else to do
+    assert f"rewrote the missing {model_path} from epoch 1" in capsys.readouterr().err
+    assert_consistent(model_path, epochs=1)
+    assert "optimizer" not in torch.load(model_path, weights_only=True)
+
+
+# --- SIGTERM (item 5) -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_steps_taken_and_exits_143_with_one_line(
+    slow_data, tmp_path, train_args
+) -> None:
+    """As schedulers stop jobs: SIGTERM to the process group (the data workers get it too)."""
+    model_path = tmp_path / "run" / "m.pt"
+    process = launch_training(train_args(slow_data, model_path), epochs=50)
+    wait_for_epoch(model_path, process)
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err[-2000:]
+    assert "Traceback" not in err
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith(
+        f"petseg train: terminated (SIGTERM): {last_checkpoint_path(model_path)} holds epoch "
+    ), last_line
+    assert "run the same command to resume" in last_line
+    saved = torch.load(last_checkpoint_path(model_path), weights_only=True)
+    batches = saved.get("partial_epoch", {}).get("batches", 0)
+    assert (f"and {batches} batches of the next" in last_line) == (batches > 0)
+    assert not (model_path.parent / (model_path.name + ".lock")).exists()

@@ -1,12 +1,15 @@
-"""Device and precision choice."""
+"""Device and precision choice; stopping on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 import pytest
 import torch
 
-from petseg.errors import PetsegError
-from petseg.runtime import cpu_flags, resolve_device, resolve_precision
+from petseg.errors import PetsegError, Terminated
+from petseg.runtime import cpu_flags, resolve_device, resolve_precision, stop_requests_on_ctrl_c
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -48,3 +51,29 @@ def test_resolve_device() -> None:
     assert resolve_device("auto").type in {"cpu", "cuda"}
     with pytest.raises(PetsegError, match="unknown device"):
         resolve_device("tpu")
+
+
+# --- stopping on Ctrl-C or SIGTERM ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("signum", "stopped_as", "code"),
+    [(signal.SIGINT, KeyboardInterrupt, 130), (signal.SIGTERM, Terminated, 143)],
+)
+def test_a_stop_signal_asks_to_stop_then_leaves_as_its_kind(signum, stopped_as, code) -> None:
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt) as caught, stop_requests_on_ctrl_c() as stop_requested:
+        assert not stop_requested()
+        os.kill(os.getpid(), signum)  # the handler runs before kill returns, in this thread
+        assert stop_requested()
+        raise KeyboardInterrupt  # what the training loop does once it has saved
+    assert type(caught.value) is stopped_as
+    assert getattr(caught.value, "exit_code", 130) == code
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_a_second_sigterm_stops_at_once() -> None:
+    with pytest.raises(Terminated), stop_requests_on_ctrl_c():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("the second SIGTERM did not interrupt")

@@ -13,6 +13,7 @@ from petseg.schedules import (
     COSINE_WARMUP_EPOCHS,
     learning_rate_at,
     resolve_warmup_epochs,
+    schedule_points,
 )
 
 
@@ -95,3 +96,13 @@ def test_each_schedule_has_its_own_default_warmup() -> None:
 def test_unknown_scheduler_is_a_clear_error() -> None:
     with pytest.raises(PetsegError, match="onecycle"):
         learning_rate_at(0, base_lr=1e-3, total_steps=10, scheduler="step")
+
+
+def test_schedule_points_follow_the_schedule_to_the_step_done() -> None:
+    schedule = {"base_lr": 1e-3, "total_steps": 1000, "scheduler": "cosine", "warmup_steps": 100}
+    points = schedule_points(600, 100, **schedule)
+    assert len(points) <= 201
+    assert points[0] == (0.01, learning_rate_at(0, **schedule))
+    assert points[-1] == (6.0, learning_rate_at(599, **schedule))  # step 600 ends epoch 6
+    assert [epoch for epoch, _ in points] == sorted(epoch for epoch, _ in points)
+    assert schedule_points(0, 100, **schedule) == []

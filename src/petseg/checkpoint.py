@@ -8,6 +8,7 @@ need nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
 from pathlib import Path
@@ -26,6 +27,8 @@ CHECKPOINT_FORMAT = "petseg-checkpoint"
 # The one format this petseg writes and reads; a file of another is refused with what to do.
 CHECKPOINT_VERSION = 6
 REQUIRED_KEYS = ("config", "state_dict", "normalization")
+# What only resuming needs; the best checkpoint goes without (without_training_state).
+TRAINING_STATE_KEYS = ("optimizer", "grad_scaler", "partial_epoch")
 
 
 def last_checkpoint_path(model_path: Path) -> Path:
@@ -41,6 +44,32 @@ def history_path(model_path: Path) -> Path:
 def curves_path(model_path: Path) -> Path:
     """The training curves beside the checkpoint: runs/r34.pt -> runs/r34.curves.png."""
     return model_path.with_name(f"{model_path.stem}.curves.png")
+
+
+def training_outputs(model_path: Path) -> list[Path]:
+    """Every file a training run writes: best and last checkpoints, history, curves."""
+    return [
+        model_path,
+        last_checkpoint_path(model_path),
+        history_path(model_path),
+        curves_path(model_path),
+    ]
+
+
+def resume_source(model_path: Path) -> Path | None:
+    """The checkpoint a training run on `model_path` resumes from: NAME.last.pt, the one with
+    the optimizer state; None for a fresh start. A best checkpoint without it is refused rather
+    than trained over, which would replace the user's model."""
+    last = last_checkpoint_path(model_path)
+    if last.exists():
+        return last
+    if model_path.exists():
+        raise PetsegError(
+            f"{model_path}: exists, but {last.name}, which training resumes from, does not (the "
+            "best checkpoint keeps no optimizer state); choose another --model_path to train a "
+            "new model"
+        )
+    return None
 
 
 def make_checkpoint(
@@ -66,32 +95,46 @@ def make_checkpoint(
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Write atomically: the previous file at `path` survives any failure."""
+    """Write atomically: the previous file at `path` survives any failure. Weights that are not
+    all finite are never written: such a model predicts nothing useful, and a diverged run must
+    not replace a good file."""
+    bad = nonfinite_count(checkpoint.get("state_dict", {}))
+    if bad:
+        raise PetsegError(
+            f"{path}: not written, the model has {bad:,} non-finite weights (NaN or inf); "
+            "training diverged, lower --learning-rate"
+        )
     with atomic_writer(path) as handle:
         torch.save(checkpoint, handle)
 
 
+def without_training_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint less what only resuming needs (optimizer and scaler state, the progress
+    of an interrupted epoch): the best checkpoint, about a third of the every-epoch one's size
+    with Adam."""
+    return {key: value for key, value in checkpoint.items() if key not in TRAINING_STATE_KEYS}
+
+
+def nonfinite_count(state_dict: dict[str, Any]) -> int:
+    """How many entries of the floating-point tensors in `state_dict` are NaN or infinite."""
+    return sum(
+        int((~torch.isfinite(tensor)).sum())
+        for tensor in state_dict.values()
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+    )
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load with pickle disabled and check it is a petseg checkpoint."""
+    """Load with pickle disabled and check it is a petseg checkpoint with finite weights."""
     path = Path(path)
+    if path.is_dir():
+        raise PetsegError(f"{path}: is a folder, not a checkpoint{_checkpoints_in(path)}")
     if not path.is_file():
         raise PetsegError(f"{path}: checkpoint not found")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # The weights-only unpickler refuses any global it does not know (code execution in a
-        # crafted file); say which one. Other unpickling errors are plain corruption.
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if unsafe:
-            raise PetsegError(
-                f"{path}: refused to load, it asks to import {unsafe.group(1)}, which could run "
-                "code; petseg loads checkpoints with weights_only=True only"
-            ) from None
-        raise PetsegError(f"{path}: not a readable checkpoint, truncated or corrupt") from None
     except Exception as error:  # garbage bytes make the unpickler raise almost anything
-        raise PetsegError(
-            f"{path}: not a readable checkpoint, truncated or corrupt ({type(error).__name__})"
-        ) from None
+        raise unreadable_checkpoint(path, error) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise PetsegError(f"{path}: not a petseg checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
     version = checkpoint.get("version")
@@ -110,7 +153,58 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise PetsegError(
             f"{path}: petseg checkpoint with an unreadable config ({error})"
         ) from None
+    bad = (
+        nonfinite_count(checkpoint["state_dict"])
+        if isinstance(checkpoint["state_dict"], dict)
+        else 0
+    )
+    if bad:
+        raise PetsegError(
+            f"{path}: holds {bad:,} non-finite weights (NaN or inf), the model of a diverged "
+            "run; use another checkpoint"
+        )
     return checkpoint
+
+
+def unreadable_checkpoint(path: Path, error: Exception) -> PetsegError:
+    """Why torch.load(weights_only=True) refused `path`, in one line."""
+    # The weights-only unpickler refuses any global it does not know, the way a crafted file
+    # runs code ("Unsupported global: GLOBAL posix.system", "Trying to load unsupported GLOBAL
+    # posix.system whose module posix is blocked", depending on the torch version).
+    unsafe = re.search(r"\bGLOBAL\s+([\w.]+)", str(error))
+    if unsafe:
+        return PetsegError(
+            f"{path}: refused to load: the file asks to run code when loaded (it imports "
+            f"{unsafe.group(1)}); petseg loads checkpoints with weights_only=True only, so the "
+            "code did not run"
+        )
+    if _is_onnx(path):
+        return PetsegError(
+            f"{path}: is an ONNX model, not a checkpoint; this command needs the .pt checkpoint "
+            "it was exported from (petseg predict runs .onnx files)"
+        )
+    detail = f" ({type(error).__name__})" if not isinstance(error, pickle.UnpicklingError) else ""
+    return PetsegError(f"{path}: not a readable checkpoint, truncated or corrupt{detail}")
+
+
+def _is_onnx(path: Path) -> bool:
+    """By name, or by its first byte: an ONNX file is a protobuf starting with its ir_version
+    field (0x08); a checkpoint is a zip (P) or an old-style pickle (0x80)."""
+    if path.suffix.lower() == ".onnx":
+        return True
+    with contextlib.suppress(OSError), path.open("rb") as handle:
+        return handle.read(1) == b"\x08"
+    return False
+
+
+def _checkpoints_in(folder: Path) -> str:
+    """'; it holds a.pt, b.pt' (a few of them), or a hint when it holds none."""
+    with contextlib.suppress(OSError):
+        names = sorted(entry.name for entry in folder.glob("*.pt"))
+        if names:
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            return f"; pass one of its checkpoint files ({shown})"
+    return "; pass a checkpoint file (NAME.pt)"
 
 
 def checkpoint_config(checkpoint: dict[str, Any]) -> TrainConfig:
@@ -137,15 +231,11 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: Path | None = None) 
     return model
 
 
-def newest_checkpoint(model_path: Path) -> tuple[dict[str, Any], Path] | None:
-    """The newer of the best and the last checkpoint, with its path; None when neither exists.
-    On equal epochs both hold the same state: the every-epoch file is named."""
-    found = [
-        (load_checkpoint(path), path)
-        for path in (last_checkpoint_path(model_path), model_path)
-        if path.exists()
-    ]
-    return max(found, key=lambda item: item[0].get("epoch", 0)) if found else None
+def resume_checkpoint(model_path: Path) -> tuple[dict[str, Any], Path] | None:
+    """The checkpoint a training run on `model_path` resumes from, loaded, and its path; None
+    for a fresh start (see resume_source)."""
+    source = resume_source(model_path)
+    return None if source is None else (load_checkpoint(source), source)
 
 
 def _first_line(error: Exception) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, fields
@@ -27,6 +28,7 @@ from petseg.config import (
     TRAIN_FLAGS,
     Bounds,
     EvaluateConfig,
+    PredictConfig,
     flag_default,
     shown,
     to_plain,
@@ -35,20 +37,18 @@ from petseg.errors import PetsegError
 
 # The --help of each flag; where a model type's preset sets it, its default is added.
 HELP = {
-    "data_path": "dataset folder with images/ and annotations/; downloaded when missing",
+    "data_path": "dataset folder (images/, annotations/); downloaded if default, empty, or asked",
+    "download": "download what the dataset at --data_path lacks (about 800 MB) into that folder",
     "mirror": "base URL serving images.tar.gz and annotations.tar.gz instead of Oxford's",
     "device": "auto = CUDA when available, else CPU (default auto)",
-    "precision": "autocast precision: auto = bf16 on GPUs and CPUs with native bf16, fp16 on "
-    "older GPUs, else fp32 (default auto)",
+    "precision": "autocast: auto (default) = bf16 where native, fp16 on older GPUs, else fp32",
     "compile": "torch.compile the model; it pays off on GPUs (docs/speed.md)",
-    "num_workers": "data loading processes, or auto (the default): 0 when training on a CPU "
-    f"from the decoded-image cache, else {DEFAULT_NUM_WORKERS}",
+    "num_workers": f"loaders, or auto: 0 on a CPU reading the cache, else {DEFAULT_NUM_WORKERS}",
     "skip_bad": "leave out unusable samples (missing, undecodable, mismatched), warning of each",
     "threshold": "decision threshold (default the checkpoint's: 0.5, or --tune_threshold's)",
     "tta": "average the probabilities of each image and its mirror image (twice the compute)",
     "largest_component": "keep each mask's largest connected region (drops specks, and a 2nd pet)",
-    "model_path": "best checkpoint; NAME.last.pt and NAME.history.csv go beside it (default "
-    "runs/MODEL_TYPE.pt); a run resumes when it exists",
+    "model_path": "best checkpoint, NAME.last.pt beside it (default runs/MODEL_TYPE.pt); resumed",
     "no_cache": "decode every image every epoch instead of reading the decoded-image cache",
     "cache_dir": "decoded-image cache folder (default DATA_PATH/.petseg-cache, else ~/.cache)",
     "print_config": "print the resolved config as JSON and exit without training",
@@ -57,8 +57,7 @@ HELP = {
     "sync_batchnorm": "on GPUs: BatchNorm statistics over the whole batch of all processes",
     "model_type": "architecture (default unet; when resuming, the checkpoint's)",
     "unet_widths": "unet channel widths per level",
-    "unet_upsample": "unet decoder upsampling: nearest (a resize keeping the channels) or "
-    "transpose (ConvTranspose2d halving them, the classic UNet's)",
+    "unet_upsample": "unet decoder upsampling: nearest, or transpose (the classic UNet's)",
     "decoder_widths": "resnet34_unet decoder block widths, deepest first",
     "stem": "resnet34_unet encoder stem: deep (three 3x3 convs) or classic (one 7x7 conv)",
     "activation": "in the encoder and the decoder: relu (the classic UNet's) or silu",
@@ -88,10 +87,13 @@ RECIPE_HELP = (
     "--learning-rate 1e-4 --augment lab --clip_grad 0"
 )
 EXPORT_HELP = (
-    "Export to ONNX (input 'images' (N, 3, H, W), output 'logits' (N, 1, H, W)) with the image "
-    "size, normalization, threshold and model type as metadata, once ONNX Runtime matches "
-    "PyTorch at two sizes (max |logit diff| <= 1e-3, masks equal wherever the probability is "
-    "more than 1e-3 from the threshold); else nothing is written, exit 2. Needs petseg[onnx]."
+    "Write ONNX (images (N, 3, H, W) in, logits (N, 1, H, W) out, metadata) once ONNX Runtime "
+    "matches PyTorch at two sizes (logits within 1e-3, masks equal away from the threshold); "
+    "else nothing is written, exit 2. Needs petseg[onnx]."
+)
+SERVE_HELP = (
+    "A page (drop a photo: mask, overlay, cut-out) and its API: POST /predict with the image as "
+    "the body answers the mask PNG (?output=overlay|cutout); GET /health. docs/use-a-model.md."
 )
 
 
@@ -188,8 +190,10 @@ def preset_default(name: str) -> str:
 def add_data_flags(
     parser: Any, default: Path | None = DEFAULT_DATA_PATH, said: Path | None = DEFAULT_DATA_PATH
 ) -> None:
+    """--data_path (its default `said` in the help), --download and --mirror."""
     help = HELP["data_path"] + (f" (default {said})" if said else "")
     flag(parser, "data_path", type=Path, default=default, help=help)
+    flag(parser, "download", action="store_true")
     flag(parser, "mirror", metavar="URL", default=None)
 
 
@@ -209,7 +213,10 @@ def add_inference_flags(parser: Parser) -> None:
     checked = "checked against the checkpoint's"
     flag(parser, "model_type", choices=choices.MODEL_TYPES, default=None, help=checked)
     add_runtime_flags(parser)
-    batch, size = Number(int, "batch_size"), f"images per batch (default {INFERENCE_BATCH_SIZE})"
+    batch, size = (
+        Number(int, "batch_size"),
+        f"images per batch (default {INFERENCE_BATCH_SIZE})",
+    )
     flag(parser, "batch_size", type=batch, default=INFERENCE_BATCH_SIZE, help=size)
 
 
@@ -265,53 +272,74 @@ def add_evaluate_flags(parser: Parser) -> None:
     flag(parser, "model_path", type=Path, required=True, help="checkpoint to evaluate")
     add_data_flags(parser)
     flag(parser, "split", choices=choices.SPLITS, help="split to score (default test)")
-    output = "also write the scores and per-image Dice as JSON"
-    flag(parser, "output", type=Path, metavar="FILE.json", help=output)
-    gallery = "also draw the N worst images (by per-image Dice) as a PNG contact sheet"
-    flag(parser, "gallery", type=Number(int, "gallery"), metavar="N", help=gallery)
+    scores = "also write the scores and per-image Dice as JSON"
+    flag(parser, "output", type=Path, metavar="FILE.json", help=scores)
+    worst = "also draw the N worst images (by per-image Dice) as a PNG contact sheet"
+    flag(parser, "gallery", type=Number(int, "gallery"), metavar="N", help=worst)
     where = "where --gallery goes (default beside --output, else beside the checkpoint)"
     flag(parser, "gallery_path", type=Path, metavar="FILE.png", help=where)
     add_inference_flags(parser)
     flag(parser, "skip_bad", action="store_true")
-    defaults = [item for item in fields(EvaluateConfig) if item.default is not MISSING]
-    parser.set_defaults(**{item.name: item.default for item in defaults})
+    parser.set_defaults(**config_defaults(EvaluateConfig))
 
 
 def add_predict_flags(parser: Parser) -> None:
     inputs = "image files or folders (default: the split of --data_path)"
     parser.add_argument("inputs", nargs="*", type=Path, metavar="PATH", help=inputs)
     flag(parser, "model_path", type=Path, required=True, help="checkpoint, or .onnx from export")
-    backend = "torch, or onnxruntime (a .onnx file's default; needs petseg[onnx])"
+    backend = "default: onnxruntime for a .onnx file (needs petseg[onnx]), else torch"
     flag(parser, "backend", choices=choices.BACKENDS, default=None, help=backend)
     add_data_flags(parser, default=None, said=None)
-    split = "split of --data_path to predict when no PATH is given (default test)"
-    flag(parser, "split", choices=choices.SPLITS, default="test", help=split)
-    save_dir = "folder for the masks (default predictions)"
-    flag(parser, "save_dir", type=Path, default=Path("predictions"), help=save_dir)
-    flag(parser, "overlay", action="store_true", help="also write NAME_overlay.png, pet tinted")
-    cutout = "also write NAME_cutout.png: RGBA, the pet on a transparent background"
-    flag(parser, "cutout", action="store_true", help=cutout)
-    skip_bad = "leave out images that cannot be read, with a warning each, instead of stopping"
+    flag(parser, "split", choices=choices.SPLITS, help="without PATH: this split (default test)")
+    save_dir = "folder for the masks, never an input folder (default predictions)"
+    flag(parser, "save_dir", type=Path, help=save_dir)
+    flag(parser, "overlay", action="store_true", dest="overlays", help="also NAME_overlay.png")
+    flag(parser, "cutout", action="store_true", dest="cutouts", help="also NAME_cutout.png (RGBA)")
+    skip_bad = "leave out unreadable images with a warning each instead of stopping"
     flag(parser, "skip_bad", action="store_true", help=skip_bad)
     add_inference_flags(parser)
+    group = parser.add_argument_group("at scale", "any number of images (docs/use-a-model.md)")
+    parts = "split the images into N parts by a hash of their names (default 1)"
+    flag(group, "num_parts", type=Number(int, "num_parts"), metavar="N", help=parts)
+    flag(group, "part_id", type=Number(int, "part_id"), metavar="K", help="this part, 0 to N-1")
+    flag(group, "skip_existing", action="store_true", help="rerun to continue where it stopped")
+    parser.set_defaults(**config_defaults(PredictConfig))
+
+
+def add_serve_flags(parser: Parser) -> None:
+    flag(parser, "model_path", type=Path, required=True, help="checkpoint, or .onnx from export")
+    host = "address to listen on: 127.0.0.1 (default) this machine only, 0.0.0.0 the network"
+    flag(parser, "host", default="127.0.0.1", help=host)
+    port = "port to listen on, 0 for any free one (default 8000)"
+    flag(parser, "port", type=Number(int, "port"), default=8000, help=port)
+    flag(parser, "device", choices=choices.DEVICES, default="auto")
+    flag(parser, "precision", choices=choices.PRECISIONS, default="auto")
+    flag(parser, "tta", action="store_true")
 
 
 def add_export_flags(parser: Parser) -> None:
     flag(parser, "model_path", type=Path, required=True, help="checkpoint to export")
-    output = "where the ONNX model goes (default MODEL_PATH with the suffix .onnx)"
+    output = "where the ONNX file goes (default MODEL_PATH with the suffix .onnx)"
     flag(parser, "output", type=Path, metavar="FILE.onnx", help=output)
-    data = "check parity on test-split images of this dataset (default: on random inputs)"
-    flag(parser, "data_path", type=Path, help=data)
-    parity = f"how many images (or random inputs) the parity check runs (default {PARITY_IMAGES})"
+    parity_data = "check parity on this dataset's test images (default: on random inputs)"
+    flag(parser, "data_path", type=Path, help=parity_data)
+    parity = f"images (or random inputs) the parity check runs (default {PARITY_IMAGES})"
     count = Number(int, "parity_images")
     flag(parser, "parity_images", type=count, default=PARITY_IMAGES, metavar="N", help=parity)
+
+
+def config_defaults(kind: type) -> dict[str, Any]:
+    return {item.name: item.default for item in fields(kind) if item.default is not MISSING}
 
 
 def build_parser() -> Parser:
     description = "Pet vs background segmentation on Oxford-IIIT Pet (UNet, ResNet34-UNet)."
     parser = Parser(prog="petseg", description=description)
     parser.add_argument("--version", action="version", version=f"petseg {__version__}")
-    add_data_flags(parser.add_command("download", "download and extract the dataset", run_download))
+    download = parser.add_command("download", "download and extract the dataset", run_download)
+    into = f"folder to download into, keeping what it holds (default {DEFAULT_DATA_PATH})"
+    flag(download, "data_path", type=Path, default=DEFAULT_DATA_PATH, help=into)
+    flag(download, "mirror", metavar="URL", default=None)
     check = parser.add_command("check", "scan the dataset for unusable files", run_check)
     flag(check, "data_path", type=Path, default=DEFAULT_DATA_PATH, help="dataset folder to scan")
     train = "train a model (resumes when --model_path exists)"
@@ -320,6 +348,8 @@ def build_parser() -> Parser:
     add_evaluate_flags(parser.add_command("evaluate", evaluate, run_evaluate))
     predict = "write PNG masks (and overlays, cut-outs) for images or a split"
     add_predict_flags(parser.add_command("predict", predict, run_predict))
+    serve = "a local web page and HTTP API that segment the photos you drop on it"
+    add_serve_flags(parser.add_command("serve", serve, run_serve, description=SERVE_HELP))
     export = "write a checkpoint's model as ONNX after a parity check"
     add_export_flags(parser.add_command("export", export, run_export, description=EXPORT_HELP))
     return parser
@@ -349,57 +379,55 @@ def given_train_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> None:
     from petseg.distributed import world_session
+    from petseg.runlock import run_lock
     from petseg.train import config_from_flags, fit
     from petseg.train_state import resume_hint
 
-    config = config_from_flags(given_train_flags(args))
+    settings = config_from_flags(given_train_flags(args))
     if args.print_config:
-        print(json.dumps(to_plain(config), indent=2))
+        print(json.dumps(to_plain(settings), indent=2))
         return
     session = world_session(
-        config.device,
+        settings.device,
         backend=args.dist_backend,
         timeout_s=args.dist_timeout,
         sync_batchnorm=args.sync_batchnorm,
     )
     try:
-        with session as world:
-            fit(config, world=world)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(resume_hint(config.model_path)) from None
+        with session as world, run_lock(settings.model_path, enabled=world.is_main):
+            fit(settings, world=world)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (errors.Terminated): keep which
+        interrupt.args = (resume_hint(settings.model_path),)
+        raise
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
     from petseg.evaluate import evaluate_checkpoint
 
-    names = [item.name for item in fields(EvaluateConfig)]
-    evaluate_checkpoint(EvaluateConfig(**{name: getattr(args, name) for name in names}))
+    evaluate_checkpoint(EvaluateConfig(**config_values(EvaluateConfig, args)))
+
+
+def config_values(kind: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed flags that are fields of the dataclass."""
+    return {item.name: getattr(args, item.name) for item in fields(kind)}
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    from petseg.predict import predict_masks
+    from petseg.predict import RESUME_HINT, predict
 
-    predict_masks(
-        args.model_path,
-        args.save_dir,
-        inputs=args.inputs,
-        data_path=args.data_path,
-        split=args.split,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device_name=args.device,
-        threshold=args.threshold,
-        mirror=args.mirror,
-        model_type=args.model_type,
-        tta=args.tta,
-        precision=args.precision,
-        overlays=args.overlay,
-        cutouts=args.cutout,
-        backend=args.backend,
-        compile=bool(args.compile),
-        largest_component=args.largest_component,
-        skip_bad=args.skip_bad,
-    )
+    values = config_values(PredictConfig, args)
+    try:
+        predict(PredictConfig(**{**values, "inputs": tuple(args.inputs)}))
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(RESUME_HINT) from None
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from petseg.segmenter import Segmenter
+    from petseg.serve import serve
+
+    segmenter = Segmenter.load(args.model_path, args.device, args.precision, args.tta)
+    serve(segmenter, args.host, args.port)
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -419,14 +447,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
+        download_if_asked(args)
         code = args.run(args)
     except PetsegError as error:
         print(f"petseg {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as error:
+    except KeyboardInterrupt as error:  # errors.Terminated (SIGTERM) carries its own code
         detail = f": {error}" if str(error) else ""
-        print(f"petseg {args.command}: interrupted{detail}", file=sys.stderr)
-        return 130
+        label = getattr(error, "label", "interrupted")
+        print(f"petseg {args.command}: {label}{detail}", file=sys.stderr)
+        return getattr(error, "exit_code", 130)
     except (MemoryError, RuntimeError) as error:
         if isinstance(error, RuntimeError) and "out of memory" not in str(error).lower():
             raise
@@ -434,6 +464,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"petseg {args.command}: error: {hint}", file=sys.stderr)
         return 1
     return code or 0
+
+
+def download_if_asked(args: argparse.Namespace) -> None:
+    """--download: fetch what the dataset lacks before the command runs. Not under torchrun,
+    where every process would download at once (training then says to run petseg download)."""
+    if not getattr(args, "download", False) or args.data_path is None:
+        return
+    if "LOCAL_RANK" in os.environ:  # petseg.distributed.launched_by_torchrun, without torch
+        return
+    from petseg.data.loading import ensure_dataset
+
+    ensure_dataset(args.data_path, args.mirror, download=True)
 
 
 def user_message(error: PetsegError) -> str:

@@ -157,6 +157,55 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class PredictConfig:
+    """One `petseg predict` run: the model, the images, and what goes where.
+
+    inputs: image files or folders; without them, the `split` of `data_path`. overlays,
+    cutouts: also write NAME_overlay.png and NAME_cutout.png. threshold: None keeps the
+    model's. num_parts, part_id: keep only part `part_id` of the images (see
+    petseg.predict.part_of), for one of `num_parts` processes or machines. skip_existing: leave
+    alone the images whose outputs all exist (continues an interrupted run). skip_bad: leave
+    out unreadable images with a warning each instead of stopping.
+    """
+
+    model_path: Path
+    inputs: tuple[Path, ...] = ()
+    data_path: Path | None = None
+    split: str = "test"
+    mirror: str | None = None
+    save_dir: Path = Path("predictions")
+    overlays: bool = False
+    cutouts: bool = False
+    threshold: float | None = None
+    tta: bool = False
+    largest_component: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    backend: str | None = None
+    model_type: str | None = None
+    compile: bool = False
+    batch_size: int = INFERENCE_BATCH_SIZE
+    num_workers: int | None = None
+    skip_bad: bool = False
+    skip_existing: bool = False
+    num_parts: int = 1
+    part_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_parts < 1:
+            raise PetsegError(f"--num_parts must be >= 1, got {self.num_parts}")
+        if not 0 <= self.part_id < self.num_parts:
+            raise PetsegError(
+                f"--part_id must be from 0 to {self.num_parts - 1} for --num_parts "
+                f"{self.num_parts}, got {self.part_id}"
+            )
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise PetsegError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        if self.batch_size < 1:
+            raise PetsegError(f"--batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
 class Bounds:
     """The sane range of a number setting; inf and nan are always out of it."""
 
@@ -196,6 +245,9 @@ LIMITS: dict[str, Bounds] = {
     "gallery": Bounds(1, 100),  # rows of one contact sheet
     "dist_timeout": Bounds(0, low_open=True),
     "parity_images": Bounds(1),
+    "num_parts": Bounds(1),
+    "part_id": Bounds(0),
+    "port": Bounds(0, 65535),
 }
 
 # Where each `petseg train` flag goes: (part of TrainConfig, field); part "" is TrainConfig itself.

@@ -28,7 +28,7 @@ from petseg.data.loading import ensure_dataset, make_loader, resolve_num_workers
 from petseg.data.oxford_pet import OxfordPetDataset, breed_of, load_mask, species_of
 from petseg.data.transforms import eval_transform
 from petseg.errors import PetsegError
-from petseg.files import atomic_write_bytes, atomic_write_text
+from petseg.files import atomic_write_bytes, atomic_write_text, check_output_files
 from petseg.inference import inference_model, pet_probabilities, with_flip_tta
 from petseg.losses import LossFn
 from petseg.metrics import SegmentationScores, dice_from_counts
@@ -178,6 +178,7 @@ def evaluate_checkpoint(config: EvaluateConfig) -> dict[str, Any]:
     check_model_type(
         checkpoint_config(checkpoint).model.model_type, config.model_type, config.model_path
     )
+    check_output_files(evaluation_outputs(config))
     device = resolve_device(config.device)
     model = compiled(
         inference_model(model_from_checkpoint(checkpoint, config.model_path).to(device)),
@@ -281,9 +282,7 @@ def write_gallery(
     norm: dict[str, list[float]],
 ) -> Path:
     """Draw the worst images by per-image Dice as a contact sheet; returns where it went."""
-    path = config.gallery_path or default_gallery_path(
-        config.model_path, config.split, config.output
-    )
+    path = gallery_file(config)
     worst = worst_indices(per_image_dice, config.gallery)
     rows = gallery_rows(
         model,
@@ -306,6 +305,19 @@ def write_gallery(
     atomic_write_bytes(path, render_gallery(rows, title))
     print(f"wrote {path}")
     return path
+
+
+def evaluation_outputs(config: EvaluateConfig) -> list[Path]:
+    """The files evaluate will write: the JSON and the gallery, where asked for."""
+    gallery = gallery_file(config) if config.gallery > 0 else None
+    return [path for path in (config.output, gallery) if path is not None]
+
+
+def gallery_file(config: EvaluateConfig) -> Path:
+    """--gallery_path, else beside --output or the checkpoint (default_gallery_path)."""
+    return config.gallery_path or default_gallery_path(
+        config.model_path, config.split, config.output
+    )
 
 
 def default_gallery_path(model_path: Path, split: str, output: Path | None) -> Path:

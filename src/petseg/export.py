@@ -29,7 +29,7 @@ from petseg.config import PARITY_IMAGES
 from petseg.data.oxford_pet import load_rgb, read_split_names
 from petseg.data.transforms import eval_transform
 from petseg.errors import PetsegError
-from petseg.files import atomic_write_bytes
+from petseg.files import atomic_write_bytes, check_output_file
 from petseg.onnx_model import (
     CPU_PROVIDER,
     INPUT_NAME,
@@ -88,6 +88,7 @@ def export_onnx(
     if output.suffix.lower() != ".onnx":
         raise PetsegError(f"{output}: the exported file's name must end in .onnx")
     checkpoint = load_checkpoint(model_path)
+    check_output_file(output)
     model = model_from_checkpoint(checkpoint, model_path).eval()
     size = checkpoint_config(checkpoint).recipe.image_size
     threshold = float(checkpoint.get("threshold", 0.5))

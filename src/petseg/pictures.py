@@ -146,6 +146,18 @@ def render_gallery(rows: Sequence[GalleryRow], title: str) -> bytes:
     return _png_bytes(figure)
 
 
+def _dice_limits(values: Sequence[float], span: float = 0.1) -> tuple[float, float]:
+    """Y limits within [0, 1] around the finite values, at least `span` apart, so that a run
+    of nearly equal Dice (one epoch, a plateau) is not magnified into noise."""
+    finite = [value for value in values if math.isfinite(value)] or [0.0, 1.0]
+    low, high = min(finite), max(finite)
+    middle, half = (low + high) / 2, max(high - low, span) / 2 * 1.1
+    low, high = max(0.0, middle - half), min(1.0, middle + half)
+    if high - low < span:  # cut at 0 or at 1
+        return (0.0, span) if low <= 0.0 else (1.0 - span, 1.0)
+    return low, high
+
+
 def _as_float(value: Any) -> float:
     """A history cell (a number, or text read back from the CSV) as a float; NaN when blank."""
     try:
@@ -154,10 +166,32 @@ def _as_float(value: Any) -> float:
         return math.nan
 
 
-def render_curves(history: Sequence[Mapping[str, Any]]) -> bytes:
-    """PNG of the training curves: train and valid loss, valid Dice, learning rate per epoch.
+# The loss panel's title per --loss (petseg.losses.LOSSES)
+LOSS_TITLES: dict[str, str] = {"bce": "BCE", "dice": "soft Dice", "bce_dice": "BCE + soft Dice"}
+
+
+def render_curves(
+    history: Sequence[Mapping[str, Any]],
+    *,
+    loss: str = "bce",
+    learning_rates: Sequence[tuple[float, float]] = (),
+) -> bytes:
+    """PNG of the training curves (curves_figure)."""
+    return _png_bytes(curves_figure(history, loss=loss, learning_rates=learning_rates))
+
+
+def curves_figure(
+    history: Sequence[Mapping[str, Any]],
+    *,
+    loss: str = "bce",
+    learning_rates: Sequence[tuple[float, float]] = (),
+) -> Figure:
+    """The training curves: train and valid loss, valid Dice, learning rate.
 
     history: rows as `train.HISTORY_FIELDS` describes (numbers, or their text from the CSV).
+    loss: the --loss trained with, named in the loss panel's title.
+    learning_rates: (epoch, rate) points along the schedule (schedules.schedule_points); without
+    them, each epoch's last rate from the history.
     """
     if not history:
         raise ValueError("no epochs to draw")
@@ -171,12 +205,15 @@ def render_curves(history: Sequence[Mapping[str, Any]]) -> bytes:
     loss_ax, dice_ax, lr_ax = figure.subplots(1, 3)
     loss_ax.plot(epochs, column("train_loss"), marker=marker, markersize=3, label="train")
     loss_ax.plot(epochs, column("valid_loss"), marker=marker, markersize=3, label="valid")
-    loss_ax.set_title("BCE loss per image", fontsize=9)
+    loss_ax.set_title(f"{LOSS_TITLES.get(loss, loss)} loss per image", fontsize=9)
     loss_ax.legend(fontsize=8)
 
     dice = column("valid_dice")
     dice_ax.plot(epochs, dice, marker=marker, markersize=3, label="mean per image")
-    dice_ax.plot(epochs, column("valid_dice_dataset"), linestyle="--", label="dataset")
+    dice_ax.plot(
+        epochs, column("valid_dice_dataset"), marker=marker, markersize=3, linestyle="--",
+        label="dataset",
+    )  # fmt: skip
     finite = [(value, epoch) for value, epoch in zip(dice, epochs, strict=True) if value == value]
     if finite:
         best = max(value for value, _ in finite)
@@ -185,14 +222,26 @@ def render_curves(history: Sequence[Mapping[str, Any]]) -> bytes:
         dice_ax.set_title(f"valid Dice (best {best:.3f}, epoch {best_epoch})", fontsize=9)
     else:
         dice_ax.set_title("valid Dice", fontsize=9)
+    dice_ax.set_ylim(*_dice_limits(dice + column("valid_dice_dataset")))
     dice_ax.legend(fontsize=8)
 
-    lr_ax.plot(epochs, column("learning_rate"), marker=marker, markersize=3, color="tab:gray")
-    lr_ax.set_title("learning rate", fontsize=9)
+    if learning_rates:
+        positions, rates = zip(*learning_rates, strict=True)
+        lr_ax.plot(positions, rates, color="tab:gray")
+        lr_ax.set_title("learning rate per step", fontsize=9)
+    else:
+        lr_ax.plot(epochs, column("learning_rate"), marker=marker, markersize=3, color="tab:gray")
+        lr_ax.set_title("learning rate", fontsize=9)
+    lr_ax.set_ylim(bottom=0)
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    for ax in (loss_ax, dice_ax):
+        ax.ticklabel_format(axis="y", useOffset=False)  # no "1e-6+9.172e-1" over close values
     for ax in (loss_ax, dice_ax, lr_ax):
+        # from 0 to half an epoch past the last: a single epoch sits mid-axis, not on a
+        # 0.95-1.05 stretch
+        ax.set_xlim(0, max(epochs) + 0.5)
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    return _png_bytes(figure)
+    return figure

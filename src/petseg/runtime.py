@@ -15,7 +15,10 @@ import torch
 from torch import nn
 
 from petseg.choices import DEVICES, PRECISIONS
-from petseg.errors import PetsegError
+from petseg.errors import PetsegError, Terminated
+
+# What a terminal (Ctrl-C) and schedulers (SLURM, docker stop, timeout, Kubernetes) send to stop
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def seed_everything(seed: int) -> None:
@@ -113,28 +116,38 @@ def compiled(model: nn.Module, enabled: bool) -> nn.Module:
 
 @contextlib.contextmanager
 def stop_requests_on_ctrl_c(enabled: bool = True) -> Iterator[Callable[[], bool]]:
-    """Yield a function telling whether Ctrl-C was pressed; the first press only asks the
-    training loop to stop at the next batch (so it can save), a second one interrupts at once.
+    """Yield a function telling whether Ctrl-C was pressed or SIGTERM received; the first only
+    asks the training loop to stop at the next batch (so it can save), a second one interrupts
+    at once. A KeyboardInterrupt leaving the block after a SIGTERM becomes errors.Terminated,
+    whose exit code is 143.
 
-    Signal handlers belong to the main thread; elsewhere, or when not enabled, Ctrl-C keeps its
-    usual meaning and the function always answers False.
+    Signal handlers belong to the main thread; elsewhere, or when not enabled, both signals
+    keep their usual meaning and the function always answers False.
     """
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
     requested = threading.Event()
+    received: list[int] = []
 
-    def on_ctrl_c(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
         if requested.is_set():
-            raise KeyboardInterrupt
+            raise Terminated() if signal.SIGTERM in received else KeyboardInterrupt
         requested.set()
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
         print(
-            "\npetseg: stopping after this batch to save a checkpoint (Ctrl-C again: stop now)",
+            f"\npetseg: {name}: stopping after this batch to save a checkpoint (again: stop now)",
             file=sys.stderr,
         )
 
-    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
     try:
         yield requested.is_set
+    except KeyboardInterrupt as error:
+        if signal.SIGTERM in received and not isinstance(error, Terminated):
+            raise Terminated(*error.args) from None
+        raise
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -64,3 +64,35 @@ def learning_rate_at(
         return base_lr * (step + 1) / (warmup_steps + 1)
     decay_steps = max(total_steps - warmup_steps - 1, 1)
     return _cosine(base_lr, base_lr * COSINE_FLOOR, (step - warmup_steps) / decay_steps)
+
+
+def schedule_points(
+    upto_step: int,
+    steps_per_epoch: int,
+    *,
+    base_lr: float,
+    total_steps: int,
+    scheduler: str = "constant",
+    warmup_steps: int | None = None,
+    max_points: int = 200,
+) -> list[tuple[float, float]]:
+    """(epoch, rate) pairs along the schedule over steps 0..upto_step-1, at most about
+    `max_points`, for a plot: step s ends at epoch (s + 1) / steps_per_epoch, so a one-epoch
+    run draws its whole curve rather than its last step's rate."""
+    if upto_step <= 0:
+        return []
+    stride = max(1, math.ceil(upto_step / max_points))
+    steps = [*range(0, upto_step - 1, stride), upto_step - 1]
+    return [
+        (
+            (step + 1) / steps_per_epoch,
+            learning_rate_at(
+                step,
+                base_lr=base_lr,
+                total_steps=total_steps,
+                scheduler=scheduler,
+                warmup_steps=warmup_steps,
+            ),
+        )
+        for step in steps
+    ]

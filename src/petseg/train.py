@@ -28,8 +28,10 @@ from petseg.checkpoint import (
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
-    newest_checkpoint,
+    resume_checkpoint,
     save_checkpoint,
+    training_outputs,
+    without_training_state,
 )
 from petseg.config import (
     DataConfig,
@@ -49,9 +51,10 @@ from petseg.data.transforms import (
     train_resize_edge,
     train_transform,
 )
+from petseg.divergence import counts_as_best, diverged_message, divergence
 from petseg.errors import PetsegError
 from petseg.evaluate import choose_threshold, evaluate_model, sweep_thresholds
-from petseg.files import atomic_write_bytes, ensure_folder
+from petseg.files import atomic_write_bytes, check_output_files
 from petseg.losses import LossFn, deep_supervision_loss, get_loss
 from petseg.pictures import render_curves
 from petseg.runtime import (
@@ -62,7 +65,7 @@ from petseg.runtime import (
     seed_everything,
     stop_requests_on_ctrl_c,
 )
-from petseg.schedules import learning_rate_at, resolve_warmup_epochs
+from petseg.schedules import learning_rate_at, resolve_warmup_epochs, schedule_points
 from petseg.train_state import EpochProgress, TrainState, restore_or_start, write_history
 
 # Non-finite steps in a row after which training stops instead of skipping on.
@@ -106,6 +109,17 @@ class Schedule:
             warmup_steps=self.warmup_steps,
         )
 
+    def points(self, epochs: int) -> list[tuple[float, float]]:
+        """(epoch, rate) points of the first `epochs` epochs' curve, for the curves plot."""
+        return schedule_points(
+            epochs * self.steps_per_epoch,
+            self.steps_per_epoch,
+            base_lr=self.base_lr,
+            total_steps=self.epochs * self.steps_per_epoch,
+            scheduler=self.scheduler,
+            warmup_steps=self.warmup_steps,
+        )
+
 
 @dataclass
 class TrainData:
@@ -133,9 +147,9 @@ class Run:
 
 
 def config_from_flags(flags: dict[str, Any]) -> TrainConfig:
-    """The run's config from the flags given: over the resumed run's config when --model_path
-    (or its .last.pt) exists, else over the model type's preset."""
-    found = newest_checkpoint(train_model_path(flags))
+    """The run's config from the flags given: over the config of the run it resumes (its
+    NAME.last.pt exists), else over the model type's preset."""
+    found = resume_checkpoint(train_model_path(flags))
     if found is None:
         return resolve_train_config(flags)
     checkpoint, path = found
@@ -178,7 +192,8 @@ def fit(config: TrainConfig, *, world: distributed.World | None = None) -> dict[
 
 
 def prepare_folders_and_data(config: TrainConfig, world: distributed.World) -> None:
-    ensure_folder(config.model_path.parent)
+    """Every output writable before any work, and the dataset there."""
+    check_output_files(training_outputs(config.model_path))
     distributed.require_dataset(world, config.data.data_path)
     ensure_dataset(config.data.data_path, config.data.mirror)
 
@@ -463,30 +478,41 @@ def validate(
 
 
 def record_epoch(run: Run, epoch: int, row: dict[str, Any], scores: dict[str, Any]) -> None:
-    """Keep the epoch: the last checkpoint, the best one when it improved, history and curves;
-    then print the epoch's line."""
-    state, world, model_path = run.state, run.world, run.config.model_path
-    resumed_part = epoch == state.start_epoch + 1 and state.partial.batches > 0
-    if not resumed_part:  # a resumed part of an epoch would make the estimate short
-        run.epoch_seconds.append(row["seconds"])
-    improved = scores["dice"] > state.best_dice
-    state.best_dice = max(state.best_dice, scores["dice"])
+    """Keep the epoch: the best checkpoint when it improved, history, curves, then the last
+    checkpoint; then print the epoch's line. A diverged epoch stops the run unsaved."""
+    state, world, config = run.state, run.world, run.config
+    diverged = divergence(row["train_loss"], row["valid_loss"], config.recipe.loss, state.model)
+    if diverged:
+        raise PetsegError(diverged_message(epoch, diverged, config.model_path))
+    if not (epoch == state.start_epoch + 1 and state.partial.batches > 0):
+        run.epoch_seconds.append(row["seconds"])  # a resumed part of an epoch would mislead
+    improved = counts_as_best(scores["dice"], row["valid_loss"], state.best_dice)
+    state.best_dice = scores["dice"] if improved else state.best_dice
     state.history.append(row)
-    checkpoint = training_checkpoint(run, epoch, valid_scores=scores)
     if world.is_main:
-        save_checkpoint(last_checkpoint_path(model_path), checkpoint)
-        if improved:
-            save_checkpoint(model_path, checkpoint)
-        write_history(history_path(model_path), state.history)
-        atomic_write_bytes(curves_path(model_path), render_curves(state.history))
+        save_epoch_files(run, epoch, training_checkpoint(run, epoch, valid_scores=scores), improved)
     distributed.barrier(world)  # the files exist before any rank goes on
-    epochs = run.config.recipe.epochs
+    epochs = config.recipe.epochs
     tqdm.write(
         f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f}  "
         f"valid loss {row['valid_loss']:.4f}  valid Dice {scores['dice']:.4f}"
         f"{'  (best, saved)' if improved else ''}  {row['seconds']:.1f} s"
         f"{time_left(run.epoch_seconds, epochs - epoch)}"
     )
+
+
+def save_epoch_files(run: Run, epoch: int, checkpoint: dict[str, Any], improved: bool) -> None:
+    """The last checkpoint goes last: a run stopped before it (a full disk, kill -9) resumes
+    from the previous epoch, and redoing this one rewrites all four files."""
+    model_path = run.config.model_path
+    if improved:
+        save_checkpoint(model_path, without_training_state(checkpoint))
+    write_history(history_path(model_path), run.state.history)
+    curves = render_curves(
+        run.state.history, loss=run.config.recipe.loss, learning_rates=run.schedule.points(epoch)
+    )
+    atomic_write_bytes(curves_path(model_path), curves)
+    save_checkpoint(last_checkpoint_path(model_path), checkpoint)
 
 
 def training_checkpoint(run: Run, epoch: int, **extra: Any) -> dict[str, Any]:
@@ -533,11 +559,10 @@ def finish(run: Run) -> dict[str, Any]:
                 run.step.precision,
             )
         distributed.barrier(world)
-    size, model_path = config.recipe.image_size, config.model_path
+    size = config.recipe.image_size
     print(
         f"best valid Dice {state.best_dice:.4f} (mean of per-image Dice at {size}x{size}); "
-        f"checkpoint {model_path}, last epoch {last_checkpoint_path(model_path)}, "
-        f"curves {curves_path(model_path)}"
+        + written_files(config.model_path)
     )
     return {"best_dice": state.best_dice, "epochs": config.recipe.epochs, "history": state.history}
 
@@ -601,6 +626,17 @@ def time_left(epoch_seconds: list[float], epochs_left: int) -> str:
     if left < 90 * 60:
         return f", about {left / 60:.0f} min left"
     return f", about {left / 3600:.1f} h left"
+
+
+def written_files(model_path: Path) -> str:
+    """'checkpoint X, last epoch Y, history H, curves Z', naming only the files that exist."""
+    files = (
+        ("checkpoint", model_path),
+        ("last epoch", last_checkpoint_path(model_path)),
+        ("history", history_path(model_path)),
+        ("curves", curves_path(model_path)),
+    )
+    return ", ".join(f"{label} {path}" for label, path in files if path.exists())
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ from petseg.checkpoint import (
     last_checkpoint_path,
     load_checkpoint,
     model_from_checkpoint,
-    newest_checkpoint,
+    resume_checkpoint,
+    save_checkpoint,
+    without_training_state,
 )
 from petseg.choices import OPTIMIZERS
 from petseg.config import RecipeConfig, TrainConfig, model_kwargs
@@ -50,7 +54,8 @@ class EpochProgress:
 
     @property
     def mean_loss(self) -> float:
-        return self.loss_sum / max(self.images, 1)
+        """NaN when no step of the epoch had a finite loss."""
+        return self.loss_sum / self.images if self.images else math.nan
 
 
 @dataclass
@@ -67,9 +72,9 @@ class TrainState:
 
 
 def restore_or_start(config: TrainConfig, device: torch.device) -> TrainState:
-    """Resume from the newer of the best and last checkpoints when model_path exists, else
-    start from a freshly initialised model."""
-    found = newest_checkpoint(config.model_path)
+    """Resume from NAME.last.pt when it exists (checkpoint.resume_source), else start from a
+    freshly initialised model."""
+    found = resume_checkpoint(config.model_path)
     if found is None:
         model = build_model(config.model.model_type, **model_kwargs(config.model)).to(device)
         optimizer = build_optimizer(model, config.recipe)
@@ -93,11 +98,12 @@ def restore_or_start(config: TrainConfig, device: torch.device) -> TrainState:
         group["lr"] = config.recipe.learning_rate
         group["weight_decay"] = config.recipe.weight_decay
     epoch = int(checkpoint["epoch"])
+    best_dice = float(checkpoint.get("best_dice", float("-inf")))
     state = TrainState(
         model,
         optimizer,
         epoch,
-        float(checkpoint.get("best_dice", float("-inf"))),
+        restore_missing_best(config.model_path, checkpoint, best_dice),
         read_history(history_path(config.model_path), upto=epoch),
         EpochProgress(**checkpoint.get("partial_epoch", {})),
         checkpoint.get("grad_scaler"),
@@ -108,6 +114,28 @@ def restore_or_start(config: TrainConfig, device: torch.device) -> TrainState:
         f"of {config.recipe.epochs}, best valid Dice {state.best_dice:.4f}"
     )
     return state
+
+
+def restore_missing_best(best_path: Path, last: dict[str, Any], best_dice: float) -> float:
+    """The best Dice to go on from when resuming, first rewriting a missing best checkpoint
+    from the last one when the last epoch was the best; if another epoch was, its weights are
+    gone, and the next epoch saves a new best."""
+    if best_path.exists() or not math.isfinite(best_dice):
+        return best_dice
+    last_dice = last.get("valid_scores", {}).get("dice")
+    if last_dice is not None and last_dice >= best_dice:
+        save_checkpoint(best_path, without_training_state(last))
+        print(
+            f"petseg: rewrote the missing {best_path} from epoch {last['epoch']}, its best",
+            file=sys.stderr,
+        )
+        return best_dice
+    print(
+        f"petseg: {best_path} is missing and its best epoch is lost; the next epoch saves a "
+        "new best",
+        file=sys.stderr,
+    )
+    return float("-inf")
 
 
 def build_optimizer(model: nn.Module, recipe: RecipeConfig) -> torch.optim.Optimizer:

@@ -172,8 +172,10 @@ def _download_verified(
 def _network_error(url: str, reason: object, root: Path) -> PetsegError:
     reason_text = " ".join(str(reason).split()) or type(reason).__name__
     return PetsegError(
-        f"cannot download {url} ({reason_text}); check the network, pass --mirror URL, "
-        f"or put images.tar.gz and annotations.tar.gz into {root} and run again"
+        f"cannot download {url} ({reason_text}); check the network or pass --mirror URL; "
+        "with a copy of the dataset already extracted, point --data_path at its folder (the "
+        f"one holding images/ and annotations/); or put images.tar.gz and annotations.tar.gz "
+        f"into {root} and run again"
     )
 
 

@@ -56,6 +56,13 @@ class DecodedPairs(Protocol):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+def missing_parts(root: Path) -> list[str]:
+    """The parts of the layout (REQUIRED_PARTS' relative paths) absent under `root`."""
+    return [
+        part for parts in REQUIRED_PARTS.values() for part in parts if not (root / part).exists()
+    ]
+
+
 def missing_archives(root: Path) -> list[str]:
     """Names of the archives ("images", "annotations") whose contents are absent under `root`."""
     return [

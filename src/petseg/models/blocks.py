@@ -1,16 +1,10 @@
-"""Building blocks shared by the models: the activation, DoubleConv and the decoder block."""
+"""Building blocks shared by the encoders and the decoder: the activation and DoubleConv."""
 
 from __future__ import annotations
 
-from typing import Literal
-
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from petseg.choices import ACTIVATIONS
-
-Upsample = Literal["transpose", "nearest"]
 
 
 def make_activation(name: str = "relu") -> nn.Module:
@@ -42,50 +36,3 @@ class DoubleConv(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             make_activation(activation),
         )
-
-
-class DecoderBlock(nn.Module):
-    """Upsample to the skip's size, concatenate the skip, then DoubleConv.
-
-    upsample="transpose": ConvTranspose2d(k=2, s=2) halving the channels (the classic UNet);
-    a feature map of odd size upsamples one pixel short, so it is zero-padded to the skip.
-    upsample="nearest": nearest-neighbour resize straight to the target size, channels kept.
-    With ``skip_channels=0`` the block upsamples to the ``size`` given to forward.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        skip_channels: int,
-        out_channels: int,
-        upsample: Upsample = "nearest",
-        activation: str = "relu",
-    ) -> None:
-        super().__init__()
-        self.upsample = upsample
-        if upsample == "transpose":
-            up_channels = in_channels // 2
-            self.up: nn.Module = nn.ConvTranspose2d(in_channels, up_channels, 2, stride=2)
-        elif upsample == "nearest":
-            up_channels = in_channels
-            self.up = nn.Identity()
-        else:
-            raise ValueError(f"unknown upsample {upsample!r}: 'transpose' or 'nearest'")
-        self.conv = DoubleConv(up_channels + skip_channels, out_channels, activation=activation)
-
-    def forward(
-        self, x: torch.Tensor, skip: torch.Tensor | None = None, size: tuple[int, int] | None = None
-    ) -> torch.Tensor:
-        target = tuple(skip.shape[-2:]) if skip is not None else size
-        if target is None:
-            raise ValueError("DecoderBlock needs a skip tensor or an output size")
-        if self.upsample == "transpose":
-            x = self.up(x)
-            pad_h, pad_w = target[0] - x.shape[-2], target[1] - x.shape[-1]
-            if pad_h or pad_w:
-                x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        else:
-            x = F.interpolate(x, size=target, mode="nearest")
-        if skip is not None:
-            x = torch.cat([x, skip], dim=1)
-        return self.conv(x)

@@ -62,8 +62,8 @@ def make_stem(
     triples.
 
     classic: one 7x7 stride-2 conv (He et al. 2016). deep: three 3x3 convs of widths width/2,
-    width/2, width, the first with stride 2 (ResNet-C in He et al. 2019, "Bag of Tricks"); it
-    raised test Dice by about 0.01 on the sample after 40 epochs (README, Accuracy).
+    width/2, width, the first with stride 2 (ResNet-C in He et al. 2019, "Bag of Tricks"), which
+    scored higher on the sample (docs/experiments.md).
     """
     if stem == "classic":
         shapes = [(in_channels, width, 7, 2)]
@@ -140,8 +140,8 @@ class ResNetEncoder(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
         # BatchNorm keeps PyTorch's init (weight 1, bias 0) everywhere, the last BN of each
-        # residual branch included: zeroing it (Goyal et al. 2017) cost 0.009 test Dice on the
-        # sample after 40 epochs (bench/quality.py, README "Accuracy").
+        # residual branch included: zeroing it (Goyal et al. 2017) scored lower on the sample
+        # (docs/experiments.md).
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         features = [self.stem(images)]
