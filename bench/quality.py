@@ -40,6 +40,7 @@ import torch
 from petseg import __version__
 from petseg.checkpoint import load_checkpoint
 from petseg.cli import main as petseg_main
+from petseg.config import EvaluateConfig
 from petseg.evaluate import evaluate_checkpoint
 from petseg.runtime import cpu_has_native_bf16, resolve_device, resolve_precision
 
@@ -152,13 +153,16 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, A
         # fit: the train split, evaluated like test (no augmentation)
         scores = {
             name: evaluate_checkpoint(
-                model_path,
-                args.data_dir,
-                split=split,
-                num_workers=args.num_workers,
-                tta=tta,
-                threshold=threshold,
-                largest_component=largest,
+                EvaluateConfig(
+                    model_path,
+                    args.data_dir,
+                    split=split,
+                    num_workers=args.num_workers,
+                    tta=tta,
+                    threshold=threshold,
+                    largest_component=largest,
+                    precision="fp32",
+                )
             )
             for name, split, tta, threshold, largest in (
                 ("test", "test", False, None, False),
@@ -182,12 +186,10 @@ def run_seed(args: argparse.Namespace, seed: int, work_dir: Path) -> dict[str, A
         "train_minutes": round(train_seconds / 60, 2),
         "environment": environment(config["device"], config["precision"]),
         "train_flags": [*recipe_flags(args.recipe, args.model_type), *args.train_flags],
-        "model_kwargs": checkpoint["model_kwargs"],
-        "resolved_recipe": {
-            **config["recipe"],
-            "learning_rate": config["learning_rate"],
-            "batch_size": config["batch_size"],
+        "model_kwargs": {
+            key: value for key, value in config["model"].items() if key != "model_type"
         },
+        "resolved_recipe": config["recipe"],
     }
     for name, results in scores.items():
         for key in REPORTED:

@@ -9,7 +9,6 @@ import pytest
 
 from petseg.data.check import check_sample
 from petseg.data.oxford_pet import breed_of, read_split_names
-from test_robustness import make_dataset
 
 SCRIPT = Path(__file__).parents[1] / "bench" / "full_size.py"
 spec = importlib.util.spec_from_file_location("full_size", SCRIPT)
@@ -17,8 +16,8 @@ full_size = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(full_size)
 
 
-def test_repeats_trainval_under_new_names_and_keeps_test(tmp_path: Path) -> None:
-    source = make_dataset(tmp_path / "pets")  # 20 trainval, 2 test
+def test_repeats_trainval_under_new_names_and_keeps_test(tmp_path: Path, data: Path) -> None:
+    source = data  # 20 trainval, 2 test
     dest = tmp_path / "full"
     full_size.make_full_size(source, dest, trainval=50)
 
@@ -34,14 +33,14 @@ def test_repeats_trainval_under_new_names_and_keeps_test(tmp_path: Path) -> None
     assert all(check_sample(dest, name).usable for name in names)  # the links open
 
 
-def test_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
-    source = make_dataset(tmp_path / "pets")
+def test_refuses_a_folder_that_is_not_empty(data: Path) -> None:
+    source = data
     with pytest.raises(SystemExit, match="not empty"):
         full_size.make_full_size(source, source, trainval=30)
 
 
-def test_a_missing_split_file_is_named_and_nothing_is_written(tmp_path: Path) -> None:
-    source = make_dataset(tmp_path / "pets")
+def test_a_missing_split_file_is_named_and_nothing_is_written(tmp_path: Path, data: Path) -> None:
+    source = data
     (source / "annotations" / "test.txt").unlink()
     dest = tmp_path / "full"
     with pytest.raises(SystemExit, match=r"test\.txt: cannot read split file"):

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import petseg.runtime
-from test_recipe import train_config
 
 SCRIPT = Path(__file__).parents[1] / "bench" / "quality.py"
 spec = importlib.util.spec_from_file_location("quality", SCRIPT)
@@ -19,31 +18,30 @@ spec.loader.exec_module(quality)
 
 
 @pytest.mark.parametrize("recipe", ["plain", "lab"])
-def test_the_references_train_the_lab_reports_resnet34_unet(
-    monkeypatch, tmp_path: Path, recipe: str
-) -> None:
+def test_the_references_train_the_lab_reports_resnet34_unet(flags_to_config, recipe: str) -> None:
     flags = quality.recipe_flags(recipe, "resnet34_unet")
-    config = train_config(monkeypatch, tmp_path, "--model_type", "resnet34_unet", *flags)
-    kwargs = config.model.kwargs
+    config = flags_to_config("--model_type", "resnet34_unet", *flags)
+    model = config.model
     # the 7x7 stem, ReLU and no stochastic depth, whatever petseg's defaults become
-    assert (kwargs["stem"], kwargs["activation"], kwargs["drop_path"]) == ("classic", "relu", 0.0)
-    assert (config.recipe.loss, config.recipe.optimizer, config.batch_size) == ("bce", "adam", 16)
+    assert (model.stem, model.activation, model.drop_path) == ("classic", "relu", 0.0)
+    recipe_ = config.recipe
+    assert (recipe_.loss, recipe_.optimizer, recipe_.batch_size) == ("bce", "adam", 16)
     assert config.recipe.clip_grad == 0.0  # the references never clip, whatever the default
 
 
 @pytest.mark.parametrize(
     ("recipe", "upsample", "clip_grad"),
-    [("default", "nearest", None), ("plain", "transpose", 0.0), ("lab", "transpose", 0.0)],
+    [("default", "nearest", 1.0), ("plain", "transpose", 0.0), ("lab", "transpose", 0.0)],
 )
 def test_the_unet_references_train_the_classic_unet_without_clipping(
-    monkeypatch, tmp_path: Path, recipe: str, upsample: str, clip_grad: float | None
+    flags_to_config, recipe: str, upsample: str, clip_grad: float
 ) -> None:
     flags = quality.recipe_flags(recipe, "unet")  # the UNet refuses --stem, --drop_path, ...
-    config = train_config(monkeypatch, tmp_path, "--model_type", "unet", *flags)
+    config = flags_to_config("--model_type", "unet", *flags)
     assert config.model.model_type == "unet"
     # ConvTranspose2d for the references whatever petseg's default, which the default measures
-    assert config.model.kwargs["upsample"] == upsample
-    # the references never clip; the default leaves it to the model type's DEFAULT_CLIP_GRAD
+    assert config.model.upsample == upsample
+    # the references never clip; the default is the UNet preset's clipping
     assert config.recipe.clip_grad == clip_grad
 
 

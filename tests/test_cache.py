@@ -39,15 +39,8 @@ def write_sample(root: Path, name: str, index: int, height: int = 41, width: int
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> Path:
-    root = tmp_path / "pets"
-    (root / "images").mkdir(parents=True)
-    (root / "annotations" / "trimaps").mkdir(parents=True)
-    for index, name in enumerate(TRAINVAL + TEST):
-        write_sample(root, name, index)
-    (root / "annotations" / "trainval.txt").write_text("".join(f"{n} 1 1 1\n" for n in TRAINVAL))
-    (root / "annotations" / "test.txt").write_text("".join(f"{n} 1 1 1\n" for n in TEST))
-    return root
+def data(tmp_path: Path, make_dataset) -> Path:
+    return make_dataset(tmp_path / "pets", TRAINVAL, TEST, write=write_sample)
 
 
 def cache_of(root: Path, split: str = "train", edge: int = EDGE, **kwargs) -> DecodedImages:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +15,24 @@ from torch import nn
 
 import petseg.checkpoint
 from petseg.checkpoint import (
+    CHECKPOINT_VERSION,
     check_model_type,
-    checkpoint_model_kwargs,
+    checkpoint_config,
     history_path,
     last_checkpoint_path,
     load_checkpoint,
     make_checkpoint,
     model_from_checkpoint,
+    resume_checkpoint,
     resume_source,
     save_checkpoint,
     without_training_state,
 )
-from petseg.config import DEFAULT_ACTIVATION, DEFAULT_DROP_PATH, DEFAULT_STEM
+from petseg.config import PRESETS, TrainConfig, model_kwargs, to_plain
 from petseg.errors import PetsegError
 from petseg.models import UNet, build_model
 
-SMALL_KWARGS: dict[str, Any] = {"widths": [8, 16]}
-DEFAULTS = {  # the constructor's
-    "stem": DEFAULT_STEM,
-    "activation": DEFAULT_ACTIVATION,
-    "drop_path": DEFAULT_DROP_PATH,
-}
+SMALL = replace(PRESETS["unet"].model, widths=(8, 16))
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.25, 0.2, 0.15)
 
@@ -42,10 +40,15 @@ STD = (0.25, 0.2, 0.15)
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
+def config_of(model: Any, image_size: int = 64) -> TrainConfig:
+    preset = PRESETS[model.model_type]
+    return TrainConfig(model, replace(preset.recipe, image_size=image_size), Path("small.pt"))
+
+
 def small_unet(seed: int = 0) -> nn.Module:
     """A small UNet whose BatchNorm running statistics moved away from their initial values."""
     torch.manual_seed(seed)
-    model = build_model("unet", **SMALL_KWARGS)
+    model = build_model("unet", **model_kwargs(SMALL))
     model.train()
     with torch.no_grad():
         model(torch.randn(2, 3, 16, 16) * 3 + 1)
@@ -53,15 +56,7 @@ def small_unet(seed: int = 0) -> nn.Module:
 
 
 def small_checkpoint(model: nn.Module, **extra: Any) -> dict[str, Any]:
-    return make_checkpoint(
-        model,
-        model_type="unet",
-        model_kwargs=dict(SMALL_KWARGS),
-        image_size=64,
-        mean=MEAN,
-        std=STD,
-        **extra,
-    )
+    return make_checkpoint(model, config_of(SMALL), mean=MEAN, std=STD, **extra)
 
 
 @pytest.fixture
@@ -101,9 +96,10 @@ def test_round_trip_rebuilds_a_model_with_identical_outputs(saved: tuple[Path, n
 def test_round_trip_keeps_the_metadata_and_extras(saved: tuple[Path, nn.Module]) -> None:
     checkpoint = load_checkpoint(saved[0])
     assert checkpoint["format"] == "petseg-checkpoint"
-    assert checkpoint["model_type"] == "unet"
-    assert checkpoint["model_kwargs"] == SMALL_KWARGS
-    assert checkpoint["image_size"] == 64
+    assert checkpoint_config(checkpoint) == config_of(SMALL)
+    assert checkpoint["config"]["model"] == {"model_type": "unet", **model_kwargs(SMALL),
+                                             "widths": [8, 16]}  # fmt: skip
+    assert checkpoint["config"]["recipe"]["image_size"] == 64
     assert checkpoint["normalization"] == {"mean": list(MEAN), "std": list(STD)}
     assert checkpoint["threshold"] == 0.5
     assert checkpoint["epoch"] == 3
@@ -118,12 +114,10 @@ def test_checkpoint_loads_with_plain_weights_only_torch_load(tmp_path: Path) -> 
         "param_groups": [{"lr": 0.1, "momentum": 0.9, "params": [0, 1]}],
     }
     path = tmp_path / "with_optimizer.pt"
-    save_checkpoint(
-        path, small_checkpoint(model, optimizer=optimizer_state, config={"lr": 1e-3, "seed": 1})
-    )
+    save_checkpoint(path, small_checkpoint(model, optimizer=optimizer_state))
     raw = torch.load(path, map_location="cpu", weights_only=True)
-    assert raw["model_type"] == "unet"
-    assert raw["config"] == {"lr": 1e-3, "seed": 1}
+    assert raw["config"]["model"]["model_type"] == "unet"
+    assert raw["config"]["seed"] == 42
     assert set(raw["state_dict"]) == set(model.state_dict())
     assert torch.equal(raw["optimizer"]["state"][0]["momentum_buffer"], torch.ones(3))
     assert load_checkpoint(path)["optimizer"]["param_groups"][0]["params"] == [0, 1]
@@ -185,7 +179,7 @@ def test_a_checkpoint_lacking_required_keys_is_refused(tmp_path: Path) -> None:
 
 def test_a_checkpoint_of_an_unknown_model_type_is_refused(tmp_path: Path) -> None:
     checkpoint = small_checkpoint(small_unet())
-    checkpoint["model_type"] = "vit_huge"
+    checkpoint["config"]["model"]["model_type"] = "vit_huge"
     path = tmp_path / "unknown.pt"
     torch.save(checkpoint, path)
     assert "vit_huge" in str(assert_refused(path))
@@ -272,8 +266,7 @@ def test_a_second_save_replaces_the_first(saved: tuple[Path, nn.Module]) -> None
 
 def test_weights_of_another_architecture_raise_petseg_error(tmp_path: Path) -> None:
     checkpoint = small_checkpoint(small_unet())
-    checkpoint["model_type"] = "resnet34_unet"
-    checkpoint["model_kwargs"] = {}
+    checkpoint["config"] = to_plain(config_of(PRESETS["resnet34_unet"].model))
     path = tmp_path / "mixed.pt"
     with pytest.raises(PetsegError) as info:
         model_from_checkpoint(checkpoint, path)
@@ -283,7 +276,7 @@ def test_weights_of_another_architecture_raise_petseg_error(tmp_path: Path) -> N
 
 def test_weights_of_other_widths_raise_petseg_error_naming_a_tensor_and_both_shapes() -> None:
     checkpoint = small_checkpoint(small_unet())
-    checkpoint["model_kwargs"] = {"widths": [8, 32]}
+    checkpoint["config"]["model"]["widths"] = [8, 32]
     with pytest.raises(PetsegError, match="unet") as info:
         model_from_checkpoint(checkpoint)
     # the first conv of the second level: saved with 16 output channels, the model wants 32
@@ -302,125 +295,79 @@ def test_renamed_weights_are_named_as_missing_and_unexpected() -> None:
     assert "\n" not in message
 
 
-@pytest.mark.parametrize(
-    ("version", "saved_kwargs", "trained_with"),
-    [
-        # version 1, before the stem was an argument: the 7x7 stem, ReLU, no drop path
-        (1, {}, {"stem": "classic", "activation": "relu", "drop_path": 0.0}),
-        # version 2, before the activation was one: ReLU
-        (2, {}, {"stem": "deep", "activation": "relu", "drop_path": 0.0}),
-        (2, {"stem": "classic"}, {"stem": "classic", "activation": "relu", "drop_path": 0.0}),
-        # version 3, before drop path defaulted to 0.1: off unless saved
-        (3, {}, {"stem": "deep", "activation": "silu", "drop_path": 0.0}),
-        (3, {"drop_path": 0.2}, {"stem": "deep", "activation": "silu", "drop_path": 0.2}),
-        (
-            3,
-            {"stem": "classic", "activation": "relu"},
-            {"stem": "classic", "activation": "relu", "drop_path": 0.0},
-        ),
-        # version 4 without the arguments: the constructor's defaults
-        (4, {}, {"stem": "deep", "activation": "silu", "drop_path": 0.1}),
-    ],
-)
-def test_a_resnet34_unet_checkpoint_rebuilds_the_arguments_it_was_trained_with(
-    version: int, saved_kwargs: dict[str, Any], trained_with: dict[str, Any]
-) -> None:
-    torch.manual_seed(0)
-    model = build_model("resnet34_unet", decoder_widths=[8] * 5, **trained_with).eval()
-    checkpoint = make_checkpoint(
-        model,
-        model_type="resnet34_unet",
-        model_kwargs={"decoder_widths": [8] * 5, **saved_kwargs},
-        image_size=32,
-        mean=MEAN,
-        std=STD,
-    )
-    checkpoint["version"] = version
-    kwargs = checkpoint_model_kwargs(checkpoint)
-    assert {name: kwargs.get(name, default) for name, default in DEFAULTS.items()} == trained_with
-    rebuilt = model_from_checkpoint(checkpoint).eval()
-    images = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(rebuilt(images), model(images))
-
-
-@pytest.mark.parametrize(
-    ("version", "saved_kwargs", "trained_with"),
-    [
-        # before version 5 the UNet upsampled with ConvTranspose2d unless told otherwise
-        (4, {}, "transpose"),
-        (4, {"upsample": "nearest"}, "nearest"),
-        # version 5 stores it; without it, the constructor's default
-        (5, {}, "nearest"),
-        (5, {"upsample": "transpose"}, "transpose"),
-    ],
-)
-def test_a_unet_checkpoint_rebuilds_the_upsampling_it_was_trained_with(
-    version: int, saved_kwargs: dict[str, Any], trained_with: str
-) -> None:
-    torch.manual_seed(0)
-    model = build_model("unet", widths=[4, 8], upsample=trained_with).eval()
-    checkpoint = make_checkpoint(
-        model,
-        model_type="unet",
-        model_kwargs={"widths": [4, 8], **saved_kwargs},
-        image_size=32,
-        mean=MEAN,
-        std=STD,
-    )
-    checkpoint["version"] = version
-    assert checkpoint_model_kwargs(checkpoint).get("upsample", "nearest") == trained_with
-    rebuilt = model_from_checkpoint(checkpoint).eval()  # strict: a wrong choice cannot load
-    assert rebuilt.upsample == trained_with
-    images = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(rebuilt(images), model(images))
-
-
-@pytest.mark.parametrize("activation", ["relu", "silu"])
-def test_a_unet_checkpoint_rebuilds_the_activation_it_was_trained_with(activation: str) -> None:
-    torch.manual_seed(0)
-    model = build_model("unet", widths=[4, 8], activation=activation).eval()
-    saved = {"activation": activation} if activation == "silu" else {}  # as cli stores it
-    checkpoint = make_checkpoint(
-        model,
-        model_type="unet",
-        model_kwargs={"widths": [4, 8], "upsample": "nearest", **saved},
-        image_size=32,
-        mean=MEAN,
-        std=STD,
-    )
-    rebuilt = model_from_checkpoint(checkpoint).eval()  # the weights fit either activation
-    assert rebuilt.activation == activation
-    images = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.equal(rebuilt(images), model(images))
-
-
-@pytest.mark.parametrize(
-    "model_kwargs", [{"widths": [7, 16]}, {"depth": 5}], ids=["odd-width", "unknown-kwarg"]
-)
-def test_model_kwargs_the_constructor_rejects_raise_petseg_error(
-    tmp_path: Path, model_kwargs: dict[str, Any]
+@pytest.mark.parametrize("version", [None, 1, 5, CHECKPOINT_VERSION + 1])
+def test_a_checkpoint_of_another_petseg_format_says_so_in_one_line(
+    tmp_path: Path, version: int | None
 ) -> None:
     checkpoint = small_checkpoint(small_unet())
-    checkpoint["model_kwargs"] = model_kwargs
+    if version is None:
+        del checkpoint["version"]
+    else:
+        checkpoint["version"] = version
+    path = tmp_path / "old.pt"
+    torch.save(checkpoint, path)
+    message = str(assert_refused(path))
+    age = "a newer" if version == CHECKPOINT_VERSION + 1 else "an older"
+    assert f"written by {age} petseg (checkpoint format {version}" in message
+    assert "retrain" in message
+
+
+def test_a_checkpoint_of_the_previous_format_is_refused_not_misread(tmp_path: Path) -> None:
+    """Version 5 stored model_type and model_kwargs beside the weights, not a config."""
+    checkpoint = small_checkpoint(small_unet())
+    del checkpoint["config"]
+    checkpoint |= {"version": 5, "model_type": "unet", "model_kwargs": {"widths": [8, 16]},
+                   "image_size": 64}  # fmt: skip
+    path = tmp_path / "v5.pt"
+    torch.save(checkpoint, path)
+    assert "older petseg" in str(assert_refused(path))
+
+
+@pytest.mark.parametrize(
+    "trained",
+    [replace(SMALL, widths=(4, 8), activation="silu"),
+     replace(SMALL, widths=(4, 8), upsample="transpose"),
+     replace(PRESETS["resnet34_unet"].model, decoder_widths=(8,) * 5, stem="classic",
+             activation="relu", drop_path=0.0)],
+    ids=["unet-silu", "unet-transpose", "resnet34_unet-classic-relu"],
+)  # fmt: skip
+def test_a_checkpoint_rebuilds_the_model_config_it_was_trained_with(trained: Any) -> None:
+    torch.manual_seed(0)
+    model = build_model(trained.model_type, **model_kwargs(trained)).eval()
+    checkpoint = make_checkpoint(model, config_of(trained, 32), mean=MEAN, std=STD)
+    rebuilt = model_from_checkpoint(checkpoint).eval()
+    assert checkpoint_config(checkpoint).model == trained
+    images = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), model(images))
+
+
+def test_a_model_config_the_constructor_rejects_raises_petseg_error(tmp_path: Path) -> None:
+    checkpoint = small_checkpoint(small_unet())
+    checkpoint["config"]["model"]["widths"] = [7, 16]  # odd
     path = tmp_path / "odd.pt"
     with pytest.raises(PetsegError) as info:
         model_from_checkpoint(checkpoint, path)
     assert str(path) in str(info.value)
 
 
+def test_an_unreadable_config_is_refused(tmp_path: Path) -> None:
+    checkpoint = small_checkpoint(small_unet())
+    checkpoint["config"]["model"]["depth"] = 5  # not a UNet argument
+    path = tmp_path / "odd.pt"
+    torch.save(checkpoint, path)
+    assert "unreadable config" in str(assert_refused(path))
+
+
 def test_check_model_type_accepts_none_or_the_same_type(tmp_path: Path) -> None:
-    checkpoint = {"model_type": "unet"}
-    check_model_type(checkpoint, None, tmp_path / "m.pt")
-    check_model_type(checkpoint, "unet", tmp_path / "m.pt")
+    check_model_type("unet", None, tmp_path / "m.pt")
+    check_model_type("unet", "unet", tmp_path / "m.pt")
 
 
 def test_check_model_type_rejects_another_type_naming_both(tmp_path: Path) -> None:
     path = tmp_path / "m.pt"
     with pytest.raises(PetsegError) as info:
-        check_model_type({"model_type": "unet"}, "resnet34_unet", path)
+        check_model_type("unet", "resnet34_unet", path)
     message = str(info.value)
     assert str(path) in message
     assert "unet" in message
@@ -454,6 +401,14 @@ def test_history_path(model_path: str, expected: str) -> None:
 def test_last_checkpoint_and_history_never_overwrite_the_best_checkpoint() -> None:
     best = Path("runs/r34.pt")
     assert len({best, last_checkpoint_path(best), history_path(best)}) == 3
+
+
+def test_resume_checkpoint_loads_the_last_checkpoint(tmp_path: Path) -> None:
+    best = tmp_path / "m.pt"
+    assert resume_checkpoint(best) is None
+    save_checkpoint(last_checkpoint_path(best), small_checkpoint(small_unet(), epoch=2))
+    checkpoint, path = resume_checkpoint(best)
+    assert (path, checkpoint["epoch"]) == (last_checkpoint_path(best), 2)
 
 
 # --- non-finite weights, files that are not checkpoints ---------------------------------------

@@ -98,13 +98,31 @@ def test_num_workers_takes_a_count_or_auto(command: list[str], capsys) -> None:
         assert f"whole number >= 0 or auto, got {bad}" in capsys.readouterr().err
 
 
-def test_train_defaults() -> None:
+def test_train_flags_default_to_not_given() -> None:
     args = parse("train")
-    assert args["epochs"] >= 1
-    assert args["batch_size"] is None  # resolved per model type (test_recipe.py)
-    assert args["image_size"] == 256
-    assert args["seed"] == 42
-    assert args["model_type"] is None  # resolved to unet, or the resumed checkpoint's type
+    # resolved from the model type's preset, or the resumed run's config (test_config.py)
+    for name in ("epochs", "batch_size", "image_size", "seed", "model_type", "learning_rate"):
+        assert args[name] is None, name
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "fragment"),
+    [
+        (["train", "--epochs", "ten"], "train", "argument --epochs: 'ten' is not a valid int"),
+        (["train", "--no-such-flag", "1"], "train", "unrecognized arguments: --no-such-flag 1"),
+        (["evaluate", "--model_path", "m.pt", "--split", "dev"], "evaluate", "invalid choice"),
+        (["predict", "--model_path", "m.pt", "--tta=yes"], "predict", "ignored explicit argument"),
+        (["export"], "export", "the following arguments are required: --model_path"),
+        (["trian"], "", "invalid choice: 'trian'"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_commands_help(
+    argv: list[str], command: str, fragment: str, usage_error
+) -> None:
+    line = usage_error(argv)
+    prog = f"petseg {command}".strip()
+    assert line.startswith(f"{prog}: error: ") and fragment in line, line
+    assert line.endswith(f"; see `{prog} --help`")
 
 
 def test_no_command_prints_help_and_fails(capsys) -> None:

@@ -248,8 +248,6 @@ def test_two_ranks_gather_every_image_once_and_a_stalled_rank_times_out() -> Non
 
 
 def test_distributed_flags_and_their_defaults() -> None:
-    assert cli.DIST_BACKENDS == distributed.BACKENDS
-    assert cli.DIST_TIMEOUT_S == distributed.DEFAULT_TIMEOUT_S
     args = cli.build_parser().parse_args(["train"])
     assert (args.dist_backend, args.dist_timeout, args.sync_batchnorm) == ("auto", 600.0, False)
     args = cli.build_parser().parse_args(
@@ -356,7 +354,7 @@ def test_torchrun_trains_matches_evaluate_and_resumes(subset: Path, tmp_path: Pa
     assert (subset / ".petseg-cache" / "train-72px" / "index.json").is_file()
 
     checkpoint = torch.load(model_path, weights_only=True)
-    assert checkpoint["epoch"] == 1 and checkpoint["config"]["world_size"] == 2
+    assert checkpoint["epoch"] == 1 and checkpoint["world_size"] == 2
     assert checkpoint["valid_scores"]["num_images"] == VALID_IMAGES  # once each, no padding
     printed = float(summaries[0].split("valid Dice ")[1].split()[0])
     assert printed == pytest.approx(checkpoint["valid_scores"]["dice"], abs=1e-4)

@@ -119,11 +119,11 @@ def test_training_draws_curves_beside_the_checkpoint(trained: dict) -> None:
 
 def test_checkpoint_is_self_describing_and_pickle_free(trained: dict) -> None:
     checkpoint = torch.load(trained["model_path"], weights_only=True)
-    assert checkpoint["model_type"] == "resnet34_unet"
-    assert checkpoint["image_size"] == SIZE
+    assert checkpoint["config"]["model"]["model_type"] == "resnet34_unet"
+    assert checkpoint["config"]["recipe"]["image_size"] == SIZE
     assert checkpoint["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert 1 <= checkpoint["epoch"] <= EPOCHS
-    assert checkpoint["config"]["learning_rate"] == pytest.approx(1e-3)
+    assert checkpoint["config"]["recipe"]["learning_rate"] == pytest.approx(1e-3)
     assert checkpoint["best_dice"] == pytest.approx(checkpoint["valid_scores"]["dice"])
 
 
@@ -345,7 +345,7 @@ def test_resume_continues_epoch_count_and_optimizer_state(trained: dict, tmp_pat
 
     after = torch.load(last_checkpoint_path(model_path), weights_only=True)
     assert after["epoch"] == EPOCHS + 1
-    assert after["model_type"] == "resnet34_unet"
+    assert after["config"]["model"]["model_type"] == "resnet34_unet"
     steps_per_epoch = steps_before / EPOCHS
     # Adam's step counter continued from the checkpoint instead of restarting at zero.
     assert after["optimizer"]["state"][0]["step"].item() == pytest.approx(
@@ -407,8 +407,10 @@ def test_unet_trains_evaluates_and_predicts(sample_data: Path, tmp_path) -> None
     )
     assert code == 0
     checkpoint = torch.load(model_path, weights_only=True)
-    assert checkpoint["model_type"] == "unet"
-    assert checkpoint["model_kwargs"] == {"widths": [8, 16, 32, 64], "upsample": "nearest"}
+    model = checkpoint["config"]["model"]
+    assert (model["model_type"], model["widths"], model["upsample"]) == (
+        "unet", [8, 16, 32, 64], "nearest",
+    )  # fmt: skip
     output = tmp_path / "test.json"
     assert (
         main(

@@ -14,8 +14,9 @@ from PIL import Image
 from torch import nn
 
 import petseg.evaluate
-from petseg.checkpoint import make_checkpoint, save_checkpoint
+from petseg.checkpoint import save_checkpoint
 from petseg.cli import main
+from petseg.config import EvaluateConfig
 from petseg.data.oxford_pet import OxfordPetDataset
 from petseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from petseg.evaluate import default_gallery_path, evaluate_checkpoint, gallery_rows
@@ -74,19 +75,17 @@ def pet_root(tmp_path: Path) -> Path:
     return root
 
 
+def scoring(model_path: Path, data_path: Path, **settings) -> EvaluateConfig:
+    """Evaluate in fp32 without worker processes (the colour model is exact in any precision)."""
+    return EvaluateConfig(model_path, data_path, num_workers=0, precision="fp32", **settings)
+
+
 @pytest.fixture
-def model_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def model_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_checkpoint, train_config
+) -> Path:
     path = tmp_path / "runs" / "colour.pt"
-    checkpoint = make_checkpoint(
-        nn.Identity(),
-        model_type="unet",
-        model_kwargs={},
-        image_size=SIZE,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        epoch=3,
-    )
-    save_checkpoint(path, checkpoint)
+    write_checkpoint(path, nn.Identity(), train_config(image_size=SIZE), epoch=3)
     monkeypatch.setattr(petseg.evaluate, "model_from_checkpoint", lambda *_: RedIsPet())
     return path
 
@@ -95,7 +94,7 @@ def test_evaluate_reports_species_breeds_and_border_variants(
     model_path: Path, pet_root: Path, tmp_path: Path, capsys
 ) -> None:
     output = tmp_path / "scores.json"
-    results = evaluate_checkpoint(model_path, pet_root, num_workers=0, output=output)
+    results = evaluate_checkpoint(scoring(model_path, pet_root, output=output))
     saved = json.loads(output.read_text())
     assert saved["per_image_dice"] == pytest.approx(PER_IMAGE_DICE)
     assert saved["dice"] == pytest.approx(np.mean(list(PER_IMAGE_DICE.values())))
@@ -188,8 +187,8 @@ def test_gallery_size_is_checked(value: str) -> None:
 
 
 def test_tta_is_recorded(model_path: Path, pet_root: Path) -> None:
-    plain = evaluate_checkpoint(model_path, pet_root, num_workers=0)
-    mirrored = evaluate_checkpoint(model_path, pet_root, num_workers=0, tta=True)
+    plain = evaluate_checkpoint(scoring(model_path, pet_root))
+    mirrored = evaluate_checkpoint(scoring(model_path, pet_root, tta=True))
     assert mirrored["tta"] is True and plain["tta"] is False
     assert mirrored["dice"] == pytest.approx(plain["dice"])  # a per-pixel model is mirror-proof
 
@@ -202,10 +201,10 @@ def test_scores_at_the_original_resolution_when_the_model_size_differs(
     checkpoint = torch.load(model_path, weights_only=True)
     scores = {}
     for size in (3, 16):
-        checkpoint["image_size"] = size
+        checkpoint["config"]["recipe"]["image_size"] = size
         sized = tmp_path / f"colour{size}.pt"
         save_checkpoint(sized, checkpoint)
-        scores[size] = evaluate_checkpoint(sized, pet_root, num_workers=0)
+        scores[size] = evaluate_checkpoint(scoring(sized, pet_root))
     expected = np.mean(list(PER_IMAGE_DICE.values()))
     assert scores[16]["original_resolution"]["dice"] == pytest.approx(expected)
     assert scores[3]["original_resolution"]["dice"] < expected - 0.01
@@ -228,8 +227,8 @@ def test_largest_component_drops_a_stray_speck_and_is_recorded(
     pixels = np.asarray(Image.open(image_path)).copy()
     pixels[SIZE - 1, SIZE - 1] = (255, 0, 0)
     image_path.write_bytes(png_bytes(pixels))
-    plain = evaluate_checkpoint(model_path, pet_root, num_workers=0)
-    kept = evaluate_checkpoint(model_path, pet_root, num_workers=0, largest_component=True)
+    plain = evaluate_checkpoint(scoring(model_path, pet_root))
+    kept = evaluate_checkpoint(scoring(model_path, pet_root, largest_component=True))
     expected = np.mean(list(PER_IMAGE_DICE.values()))
     assert plain["dice"] == pytest.approx(expected - (1 - 64 / 65) / 5)
     assert kept["dice"] == pytest.approx(expected)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import petseg.export
 from petseg import __version__
 from petseg.checkpoint import make_checkpoint, save_checkpoint
 from petseg.cli import build_parser, main
-from petseg.config import PredictConfig
+from petseg.config import PRESETS, PredictConfig, TrainConfig
 from petseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from petseg.errors import PetsegError
 from petseg.export import export_onnx, other_size, trace_size
@@ -27,7 +28,7 @@ from petseg.onnx_model import CPU_PROVIDER, CUDA_PROVIDER, providers_for
 from petseg.predict import predict
 
 SIZE = 32
-TINY = {"unet": {"widths": [4, 8]}, "resnet34_unet": {"decoder_widths": [8, 8, 8, 8, 8]}}
+TINY = {"unet": {"widths": (4, 8)}, "resnet34_unet": {"decoder_widths": (8, 8, 8, 8, 8)}}
 HAS_EXTRA = all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime"))
 needs_onnx = pytest.mark.skipif(not HAS_EXTRA, reason='needs pip install "petseg[onnx]"')
 
@@ -58,14 +59,17 @@ def tiny_model(model_type: str) -> nn.Module:
     return model
 
 
+def trained_with(model_type: str, image_size: int, **model: tuple[int, ...]) -> TrainConfig:
+    """The config a checkpoint of the model type's preset, at another size and widths, holds."""
+    preset = PRESETS[model_type]
+    recipe = replace(preset.recipe, image_size=image_size)
+    return TrainConfig(replace(preset.model, **model), recipe, Path("m.pt"))
+
+
 def save_tiny_checkpoint(path: Path, model_type: str) -> Path:
+    config = trained_with(model_type, SIZE, **TINY[model_type])
     checkpoint = make_checkpoint(
-        tiny_model(model_type),
-        model_type=model_type,
-        model_kwargs=TINY[model_type],
-        image_size=SIZE,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        tiny_model(model_type), config, mean=IMAGENET_MEAN, std=IMAGENET_STD
     )
     save_checkpoint(path, checkpoint)
     return path
@@ -387,12 +391,7 @@ def test_full_size_resnet34_unet_parity_on_real_test_images(
     save_checkpoint(
         checkpoint,
         make_checkpoint(
-            model,
-            model_type="resnet34_unet",
-            model_kwargs={},
-            image_size=64,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
+            model, trained_with("resnet34_unet", 64), mean=IMAGENET_MEAN, std=IMAGENET_STD
         ),
     )
     output = tmp_path / "r34.onnx"

@@ -20,11 +20,9 @@ from torch import nn
 
 import petseg.predict
 import petseg.segmenter
-from petseg.checkpoint import make_checkpoint, save_checkpoint
 from petseg.cli import main
 from petseg.config import PredictConfig
 from petseg.data.oxford_pet import load_rgb
-from petseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from petseg.errors import PetsegError
 from petseg.predict import predict
 
@@ -40,17 +38,12 @@ class RedIsPet(nn.Module):
 
 
 @pytest.fixture
-def model_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "colour.pt"
-    checkpoint = make_checkpoint(
-        nn.Identity(),
-        model_type="unet",
-        model_kwargs={},
-        image_size=MODEL_SIZE,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+def model_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_checkpoint, train_config
+) -> Path:
+    path = write_checkpoint(
+        tmp_path / "colour.pt", nn.Identity(), train_config(image_size=MODEL_SIZE)
     )
-    save_checkpoint(path, checkpoint)
     monkeypatch.setattr(petseg.segmenter, "model_from_checkpoint", lambda *_: RedIsPet())
     return path
 

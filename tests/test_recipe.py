@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,97 +18,44 @@ import petseg.evaluate
 import petseg.segmenter
 import petseg.train
 from petseg import cli
-from petseg.checkpoint import (
-    history_path,
-    last_checkpoint_path,
-    load_checkpoint,
-    make_checkpoint,
-    save_checkpoint,
-)
+from petseg.checkpoint import history_path, last_checkpoint_path, load_checkpoint
 from petseg.config import (
+    PRESETS,
+    EvaluateConfig,
     PredictConfig,
-    RecipeConfig,
-    TrainConfig,
-    resolve_batch_size,
-    resolve_learning_rate,
-    resolve_recipe,
+    ResNet34UNetConfig,
+    UNetConfig,
+    model_kwargs,
 )
 from petseg.data.oxford_pet import OxfordPetDataset
-from petseg.data.transforms import (
-    AUGMENTS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    eval_transform,
-    train_transform,
-)
+from petseg.data.transforms import eval_transform, train_transform
 from petseg.evaluate import choose_threshold, evaluate_checkpoint
-from petseg.losses import LOSSES
 from petseg.models import build_model
 from petseg.predict import predict
-from petseg.schedules import SCHEDULERS, learning_rate_at
-from petseg.train import (
-    OPTIMIZERS,
-    THRESHOLD_CANDIDATES,
-    describe_recipe,
-    tune_checkpoint_threshold,
-)
-from test_robustness import fails_with, make_dataset, train_args
+from petseg.schedules import learning_rate_at
+from petseg.train import THRESHOLD_CANDIDATES, describe_recipe, tune_checkpoint_threshold
 
 SIZE = 16
 
 
-def test_the_cli_choices_mirror_the_modules() -> None:
-    assert tuple(LOSSES) == cli.LOSSES
-    assert cli.SCHEDULERS == SCHEDULERS
-    assert cli.OPTIMIZERS == OPTIMIZERS
-    assert cli.AUGMENTS == AUGMENTS
-
-
-def train_config(monkeypatch, tmp_path: Path, *flags: str):
-    """The TrainConfig that `petseg train FLAGS` hands to fit (which is not run)."""
-    seen = {}
-    monkeypatch.setattr(petseg.train, "fit", lambda config, **_: seen.setdefault("c", config))
-    assert cli.main(["train", "--data_path", str(tmp_path), *flags]) == 0
-    return seen["c"]
-
-
-def test_recipe_flags_in_both_spellings_reach_the_config(monkeypatch, tmp_path) -> None:
-    config = train_config(
-        monkeypatch, tmp_path, "--loss", "bce", "--optimizer", "adam",
+def test_recipe_flags_in_both_spellings_reach_the_config(flags_to_config) -> None:
+    config = flags_to_config(
+        "--loss", "bce", "--optimizer", "adam",
         "--weight-decay", "0", "--scheduler", "constant", "--warmup_epochs", "2",
         "--augment", "lab", "--no-tune-threshold", "-lr", "1e-4", "--clip-grad", "0.5",
     )  # fmt: skip
-    assert config.learning_rate == 1e-4
     recipe = config.recipe
+    assert recipe.learning_rate == 1e-4
     assert (recipe.loss, recipe.optimizer, recipe.weight_decay) == ("bce", "adam", 0.0)
     assert (recipe.scheduler, recipe.warmup_epochs, recipe.augment) == ("constant", 2.0, "lab")
     assert recipe.tune_threshold is False
     assert recipe.clip_grad == 0.5
-    assert "gradient norm clipped to 0.5," in describe_recipe(config)
-    assert "clipped" not in describe_recipe(replace(config, recipe=replace(recipe, clip_grad=0)))
-
-
-def test_defaults_are_the_documented_recipe() -> None:
-    args = cli.build_parser().parse_args(["train"])
-    assert (args.loss, args.optimizer, args.scheduler) == ("bce_dice", "adamw", "onecycle")
-    assert args.augment is None  # chosen per model type once the type is known
-    assert args.tune_threshold is False
-    assert args.learning_rate is None  # chosen per model type once the type is known
-    assert args.clip_grad is None  # likewise
-
-
-def test_augmentation_and_clipping_defaults_follow_the_model_type_and_a_choice_wins() -> None:
-    unet = resolve_recipe(RecipeConfig(), "unet")
-    resnet = resolve_recipe(RecipeConfig(), "resnet34_unet")
-    assert (unet.augment, unet.clip_grad) == ("lab", 1.0)
-    assert (resnet.augment, resnet.clip_grad) == ("strong", 0.5)
-    chosen = RecipeConfig(augment="strong", loss="bce", clip_grad=0.0)
-    assert resolve_recipe(chosen, "unet") == chosen
-    assert resolve_recipe(RecipeConfig(clip_grad=2.5), "resnet34_unet").clip_grad == 2.5
+    assert "gradient norm clipped to 0.5," in describe_recipe(recipe)
+    assert "clipped" not in describe_recipe(replace(recipe, clip_grad=0))
 
 
 def test_training_uses_and_records_the_model_types_augmentation_and_clipping(
-    tmp_path: Path, monkeypatch
+    tmp_path: Path, monkeypatch, make_dataset, train_args
 ) -> None:
     levels: list[str] = []
     caps: list[float] = []
@@ -141,21 +87,16 @@ def test_training_uses_and_records_the_model_types_augmentation_and_clipping(
         assert set(caps) == ({clip} if clip else set())
 
 
-def test_the_batch_size_default_depends_on_the_model_type_and_a_choice_wins() -> None:
-    assert resolve_batch_size(None, "unet") == 8
-    assert resolve_batch_size(None, "resnet34_unet") == 4
-    assert resolve_batch_size(6, "resnet34_unet") == 6
-
-
 def test_training_records_the_model_types_batch_size_and_a_resume_keeps_its_own(
-    tmp_path: Path, capsys
+    tmp_path: Path, capsys, make_dataset
 ) -> None:
     data = make_dataset(tmp_path / "pets")  # 18 training images
 
     def batch_size(model_path: Path, *flags: str) -> int:
         argv = ["train", "--data_path", str(data), "--model_path", str(model_path), *flags]
         assert cli.main([*argv, "--image_size", "32", "--num_workers", "0"]) == 0
-        return load_checkpoint(last_checkpoint_path(model_path))["config"]["batch_size"]
+        config = load_checkpoint(last_checkpoint_path(model_path))["config"]
+        return config["recipe"]["batch_size"]
 
     r34 = ("--model_type", "resnet34_unet", "--decoder_widths", "16,16,8,8,8", "--epochs", "1")
     assert batch_size(tmp_path / "r34.pt", *r34) == 4
@@ -171,14 +112,8 @@ def test_training_records_the_model_types_batch_size_and_a_resume_keeps_its_own(
     assert batch_size(tmp_path / "six.pt", "--epochs", "3", "--batch_size", "3") == 3
 
 
-def test_the_learning_rate_default_depends_on_the_model_type_and_a_choice_wins() -> None:
-    assert resolve_learning_rate(None, "unet") == 5e-4
-    assert resolve_learning_rate(None, "resnet34_unet") == 1e-3
-    assert resolve_learning_rate(2e-3, "unet") == 2e-3
-
-
 def test_training_records_the_model_types_learning_rate_and_a_resume_keeps_its_own(
-    tmp_path: Path, capsys
+    tmp_path: Path, capsys, make_dataset
 ) -> None:
     data = make_dataset(tmp_path / "pets")
 
@@ -188,7 +123,7 @@ def test_training_records_the_model_types_learning_rate_and_a_resume_keeps_its_o
         assert cli.main([*argv, "--image_size", "32", "--num_workers", "0"]) == 0
         checkpoint = load_checkpoint(last_checkpoint_path(model_path))
         optimizer_rate = checkpoint["optimizer"]["param_groups"][0]["lr"]
-        return checkpoint["config"]["learning_rate"], optimizer_rate
+        return checkpoint["config"]["recipe"]["learning_rate"], optimizer_rate
 
     unet = ("--unet_widths", "4,8", "--scheduler", "constant", "--epochs", "1")
     assert peak(tmp_path / "unet.pt", *unet) == (5e-4, 5e-4)
@@ -263,26 +198,15 @@ def test_choose_threshold_prefers_the_best_then_the_nearest_to_half() -> None:
 
 
 def test_the_tuned_threshold_is_stored_and_used_by_evaluate_and_predict(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_checkpoint, train_config
 ) -> None:
     names = [f"Abyssinian_{index}" for index in range(1, 11)]  # the first line is valid
     root = write_red_pets(tmp_path / "pets", names)
-    path = tmp_path / "faint.pt"
-    save_checkpoint(
-        path,
-        make_checkpoint(
-            nn.Identity(),
-            model_type="unet",
-            model_kwargs={},
-            image_size=SIZE,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            epoch=1,
-        ),
-    )
+    path = write_checkpoint(tmp_path / "faint.pt", nn.Identity(), train_config(image_size=SIZE))
     for module in (petseg.train, petseg.evaluate, petseg.segmenter):
         monkeypatch.setattr(module, "model_from_checkpoint", lambda *_: FaintRed())
-    before = evaluate_checkpoint(path, root, split="test", num_workers=0)
+    scored = EvaluateConfig(path, root, num_workers=0, precision="fp32")
+    before = evaluate_checkpoint(scored)
     assert before["threshold"] == 0.5 and before["dice"] == 0.0  # 0.4 < 0.5: nothing found
 
     valid = OxfordPetDataset(root, "valid", eval_transform(SIZE))
@@ -295,10 +219,10 @@ def test_the_tuned_threshold_is_stored_and_used_by_evaluate_and_predict(
     assert sweep["thresholds"] == list(THRESHOLD_CANDIDATES)
     assert sweep["dice"][:2] == [1.0, 1.0] and max(sweep["dice"][2:]) == 0.0
 
-    after = evaluate_checkpoint(path, root, split="test", num_workers=0)
+    after = evaluate_checkpoint(scored)
     assert after["threshold"] == pytest.approx(0.35) and after["dice"] == 1.0
     assert after["original_resolution"]["dice"] == 1.0
-    forced = evaluate_checkpoint(path, root, split="test", num_workers=0, threshold=0.5)
+    forced = evaluate_checkpoint(replace(scored, threshold=0.5))
     assert forced["threshold"] == 0.5 and forced["dice"] == 0.0
 
     photo = root / "images" / f"{names[0]}.jpg"
@@ -320,8 +244,8 @@ def test_the_tuned_threshold_is_stored_and_used_by_evaluate_and_predict(
 def test_the_recipe_line_names_the_warmup_that_training_uses(
     scheduler: str, warmup_epochs: float | None, shown: str | None
 ) -> None:
-    recipe = RecipeConfig(scheduler=scheduler, warmup_epochs=warmup_epochs, augment="lab")
-    line = describe_recipe(TrainConfig(recipe=recipe, learning_rate=1e-3, batch_size=4))
+    recipe = replace(PRESETS["unet"].recipe, scheduler=scheduler, warmup_epochs=warmup_epochs)
+    line = describe_recipe(recipe)
     assert f"{scheduler} schedule" in line
     if shown is None:
         assert "warmup" not in line
@@ -329,7 +253,9 @@ def test_the_recipe_line_names_the_warmup_that_training_uses(
         assert f"{scheduler} schedule, {shown}," in line
 
 
-def test_onecycle_rises_over_the_chosen_warmup_epochs(tmp_path: Path) -> None:
+def test_onecycle_rises_over_the_chosen_warmup_epochs(
+    tmp_path: Path, make_dataset, train_args
+) -> None:
     data = make_dataset(tmp_path / "pets")  # 18 train images: 4 steps of 4 per epoch
     model_path = tmp_path / "m.pt"
     argv = train_args(data, model_path, "--epochs", "2", "--scheduler", "onecycle",
@@ -344,7 +270,9 @@ def test_onecycle_rises_over_the_chosen_warmup_epochs(tmp_path: Path) -> None:
     )
 
 
-def test_training_follows_the_schedule_and_stores_a_tuned_threshold(tmp_path: Path) -> None:
+def test_training_follows_the_schedule_and_stores_a_tuned_threshold(
+    tmp_path: Path, make_dataset, train_args
+) -> None:
     data = make_dataset(tmp_path / "pets")  # 18 train images: 4 steps of 4 per epoch
     model_path = tmp_path / "m.pt"
     argv = train_args(data, model_path, "--epochs", "2", "--scheduler", "cosine", "--tune_threshold",
@@ -366,7 +294,9 @@ def test_training_follows_the_schedule_and_stores_a_tuned_threshold(tmp_path: Pa
 
 
 @pytest.mark.parametrize("flags", [[], ["--tune_threshold", "--no-tune-threshold"]])
-def test_without_tuning_the_threshold_stays_one_half(tmp_path: Path, flags: list[str]) -> None:
+def test_without_tuning_the_threshold_stays_one_half(
+    tmp_path: Path, flags: list[str], make_dataset, train_args
+) -> None:
     data = make_dataset(tmp_path / "pets")
     model_path = tmp_path / "m.pt"
     assert cli.main(train_args(data, model_path, *flags)) == 0
@@ -374,36 +304,31 @@ def test_without_tuning_the_threshold_stays_one_half(tmp_path: Path, flags: list
     assert checkpoint["threshold"] == 0.5 and "threshold_sweep" not in checkpoint
 
 
-def _model_config(monkeypatch, tmp_path: Path, *flags: str):
-    return train_config(monkeypatch, tmp_path, *flags).model
+R34 = PRESETS["resnet34_unet"].model
+UNET = PRESETS["unet"].model
 
 
-def test_width_flags_reach_the_model_kwargs_in_both_spellings(monkeypatch, tmp_path) -> None:
-    lean = _model_config(
-        monkeypatch, tmp_path, "--model_type", "resnet34_unet", "--decoder-widths", "64,32,16,8,8"
+def test_width_flags_reach_the_model_config_in_both_spellings(flags_to_config) -> None:
+    resnet = ("--model_type", "resnet34_unet")
+    lean = flags_to_config(*resnet, "--decoder-widths", "64,32,16,8,8").model
+    assert lean == ResNet34UNetConfig(
+        decoder_widths=(64, 32, 16, 8, 8),
+        stem="deep",
+        activation="silu",
+        drop_path=0.1,
+        deep_supervision=False,
     )
-    defaults = {
-        "stem": "deep",
-        "activation": cli.DEFAULT_ACTIVATION,
-        "drop_path": cli.DEFAULT_DROP_PATH,
-    }
-    assert lean.kwargs == {"decoder_widths": [64, 32, 16, 8, 8], **defaults}
-    default = _model_config(monkeypatch, tmp_path, "--model-type", "resnet34_unet")
-    assert default.kwargs == {"decoder_widths": list(cli.DEFAULT_DECODER_WIDTHS), **defaults}
-    classic = _model_config(
-        monkeypatch, tmp_path, "--model_type", "resnet34_unet", "--stem", "classic"
-    )
-    assert classic.kwargs["stem"] == "classic"
+    assert flags_to_config("--model-type", "resnet34_unet").model == R34
+    assert flags_to_config(*resnet, "--stem", "classic").model.stem == "classic"
     for activation in ("relu", "silu"):
-        chosen = _model_config(
-            monkeypatch, tmp_path, "--model_type", "resnet34_unet", "--activation", activation
-        )
-        assert chosen.kwargs["activation"] == activation
-    unet = _model_config(monkeypatch, tmp_path, "--unet_widths", "8,16")
-    assert (unet.model_type, unet.kwargs) == ("unet", {"widths": [8, 16], "upsample": "nearest"})
-    # the UNet's activation is stored only when chosen: without it the model is the ReLU UNet
-    silu = _model_config(monkeypatch, tmp_path, "--unet_widths", "8,16", "--activation", "silu")
-    assert silu.kwargs == {"widths": [8, 16], "upsample": "nearest", "activation": "silu"}
+        chosen = flags_to_config(*resnet, "--activation", activation).model
+        assert chosen.activation == activation
+    unet = flags_to_config("--unet_widths", "8,16").model
+    assert unet == UNetConfig(
+        widths=(8, 16), upsample="nearest", activation="relu", deep_supervision=False
+    )
+    silu = flags_to_config("--unet_widths", "8,16", "--activation", "silu").model
+    assert silu == replace(unet, activation="silu")
 
 
 @pytest.mark.parametrize(
@@ -421,26 +346,24 @@ def test_bad_architecture_flags_are_one_line_errors(tmp_path, capsys, flags, mes
 
 
 @pytest.mark.parametrize("flag", ["--stem", "--activation"])
-def test_an_unknown_stem_or_activation_is_a_usage_error(capsys, flag: str) -> None:
-    with pytest.raises(SystemExit) as info:
-        cli.main(["train", "--model_type", "resnet34_unet", flag, "wide"])
-    assert info.value.code == 2
-    assert f"{flag}: invalid choice: 'wide'" in capsys.readouterr().err
+def test_an_unknown_stem_or_activation_is_a_usage_error(usage_error, flag: str) -> None:
+    line = usage_error(["train", "--model_type", "resnet34_unet", flag, "wide"])
+    assert f"{flag}: invalid choice: 'wide'" in line
 
 
-def test_a_lean_decoder_is_stored_and_rebuilt_by_evaluate(tmp_path: Path) -> None:
+def test_a_lean_decoder_is_stored_and_rebuilt_by_evaluate(
+    tmp_path: Path, make_dataset, train_args
+) -> None:
     data = make_dataset(tmp_path / "pets")
     model_path = tmp_path / "lean.pt"
-    argv = train_args(
-        data, model_path, "--model_type", "resnet34_unet", "--decoder_widths", "16,8,8,8,4"
-    )
-    assert cli.main(argv) == 0
-    kwargs = load_checkpoint(model_path)["model_kwargs"]
-    assert kwargs == {
+    assert cli.main(as_resnet34_unet(train_args(data, model_path), "16,8,8,8,4")) == 0
+    assert load_checkpoint(model_path)["config"]["model"] == {
+        "model_type": "resnet34_unet",
         "decoder_widths": [16, 8, 8, 8, 4],
         "stem": "deep",
-        "activation": cli.DEFAULT_ACTIVATION,
-        "drop_path": cli.DEFAULT_DROP_PATH,
+        "activation": "silu",
+        "drop_path": 0.1,
+        "deep_supervision": False,
     }
     output = tmp_path / "scores.json"
     evaluate = ["evaluate", "--model_path", str(model_path), "--data_path", str(data)]
@@ -448,128 +371,95 @@ def test_a_lean_decoder_is_stored_and_rebuilt_by_evaluate(tmp_path: Path) -> Non
     assert output.exists()
 
 
-@pytest.mark.parametrize(
-    ("version", "missing"),
-    [
-        (1, {"stem": "classic", "activation": "relu", "drop_path": 0.0}),
-        (2, {"activation": "relu"}),
-        (3, {"drop_path": 0.0}),
-    ],
-    ids=["before-stem", "before-activation", "before-drop-path"],
-)
-def test_a_run_from_before_an_argument_resumes_with_the_value_it_was_trained_with(
-    tmp_path: Path, version: int, missing: dict[str, Any]
-) -> None:
-    data = make_dataset(tmp_path / "pets")
-    model_path = tmp_path / "old.pt"
-    argv = train_args(
-        data, model_path, "--model_type", "resnet34_unet", "--decoder_widths", "16,8,8,8,4"
-    )
-    trained_with = [arg for name, value in missing.items() for arg in (f"--{name}", str(value))]
-    assert cli.main([*argv, *trained_with]) == 0
-    for path in (model_path, model_path.with_name("old.last.pt")):  # as that version saved it
-        checkpoint = load_checkpoint(path)
-        checkpoint["version"] = version
-        for name in missing:
-            del checkpoint["model_kwargs"][name]
-        save_checkpoint(path, checkpoint)
-    assert cli.main([*argv, "--epochs", "2"]) == 0  # resumes, without the flags
-    resumed = load_checkpoint(model_path.with_name("old.last.pt"))
-    assert resumed["epoch"] == 2
-    assert {name: resumed["model_kwargs"][name] for name in missing} == missing
+def as_resnet34_unet(argv: list[str], decoder_widths: str = "16,16,8,8,8") -> list[str]:
+    """The tiny UNet's train argv for a ResNet34-UNet with a lean decoder."""
+    argv = list(argv)
+    argv[argv.index("unet")] = "resnet34_unet"
+    at = argv.index("--unet_widths")
+    argv[at : at + 2] = ["--decoder_widths", decoder_widths]
+    return argv
+
+
+def evaluates(model_path: Path, data: Path) -> bool:
+    scores = evaluate_checkpoint(EvaluateConfig(model_path, data, num_workers=0))
+    return 0.0 <= scores["dice"] <= 1.0
 
 
 @pytest.mark.parametrize("model_type", ["resnet34_unet", "unet"])
 def test_deep_supervision_trains_saves_and_evaluates_through_the_cli(
-    tmp_path: Path, model_type: str
+    tmp_path: Path, model_type: str, make_dataset, train_args
 ) -> None:
     data = make_dataset(tmp_path / "pets")
     model_path = tmp_path / "ds.pt"
     argv = train_args(data, model_path, "--deep-supervision")
     if model_type == "resnet34_unet":
-        argv[argv.index("unet")] = "resnet34_unet"
-        argv[argv.index("--unet_widths") : argv.index("--unet_widths") + 2] = [
-            "--decoder_widths", "16,16,8,8,8",
-        ]  # fmt: skip
+        argv = as_resnet34_unet(argv)
     assert cli.main(argv) == 0
     checkpoint = load_checkpoint(model_path)
-    assert checkpoint["model_type"] == model_type
-    assert checkpoint["model_kwargs"]["deep_supervision"] is True
+    assert checkpoint["config"]["model"]["model_type"] == model_type
+    assert checkpoint["config"]["model"]["deep_supervision"] is True
     assert any(key.startswith("aux_heads.") for key in checkpoint["state_dict"])
-    scores = evaluate_checkpoint(model_path, data, split="test", num_workers=0)
-    assert 0.0 <= scores["dice"] <= 1.0
+    assert evaluates(model_path, data)
 
 
-def test_unet_upsample_defaults_to_nearest_and_always_reaches_the_kwargs(
-    monkeypatch, tmp_path: Path
-) -> None:
-    # always stored, since checkpoints without it (before version 5) load as transpose
-    default = _model_config(monkeypatch, tmp_path).kwargs
-    assert default == {"widths": [64, 128, 256, 512], "upsample": "nearest"}
+def test_unet_upsample_defaults_to_nearest(flags_to_config) -> None:
+    assert flags_to_config().model == UNET and UNET.upsample == "nearest"
     for spelling in ("--unet_upsample", "--unet-upsample"):
-        chosen = _model_config(monkeypatch, tmp_path, spelling, "transpose").kwargs
-        assert chosen == {"widths": [64, 128, 256, 512], "upsample": "transpose"}
+        assert flags_to_config(spelling, "transpose").model == replace(UNET, upsample="transpose")
 
 
-def test_unet_upsample_is_stored_in_the_checkpoint_and_rebuilt_by_evaluate(tmp_path: Path) -> None:
+def test_unet_upsample_is_stored_in_the_checkpoint_and_rebuilt_by_evaluate(
+    tmp_path: Path, make_dataset, train_args
+) -> None:
     data = make_dataset(tmp_path / "pets")
     model_path = tmp_path / "near.pt"
     assert cli.main(train_args(data, model_path, "--unet_upsample", "nearest")) == 0
     checkpoint = load_checkpoint(model_path)
-    assert checkpoint["model_kwargs"] == {"widths": [4, 8], "upsample": "nearest"}
+    assert checkpoint["config"]["model"]["upsample"] == "nearest"
     assert not any(".up.weight" in key for key in checkpoint["state_dict"])  # no ConvTranspose2d
-    scores = evaluate_checkpoint(model_path, data, split="test", num_workers=0)
-    assert 0.0 <= scores["dice"] <= 1.0
+    assert evaluates(model_path, data)
 
 
-def test_unet_upsample_on_the_resnet34_unet_or_unknown_is_refused(tmp_path: Path, capsys) -> None:
-    data = make_dataset(tmp_path / "pets")
-    argv = train_args(data, tmp_path / "r.pt", "--unet_upsample", "nearest")
-    argv[argv.index("unet")] = "resnet34_unet"
-    fails_with(capsys, argv, "--unet_upsample", "unet only")
-    assert not (tmp_path / "r.pt").exists()
-    with pytest.raises(SystemExit) as info:
-        cli.main(["train", "--unet_upsample", "bilinear"])
-    assert info.value.code == 2
-    assert "--unet_upsample" in capsys.readouterr().err
-
-
-def test_drop_path_defaults_to_the_screened_rate_and_zero_turns_it_off(
-    monkeypatch, tmp_path: Path
+def test_unet_upsample_on_the_resnet34_unet_or_unknown_is_refused(
+    tmp_path: Path, make_dataset, train_args, fails_with, usage_error
 ) -> None:
+    data = make_dataset(tmp_path / "pets")
+    argv = as_resnet34_unet(train_args(data, tmp_path / "r.pt", "--unet_upsample", "nearest"))
+    fails_with(argv, "--unet_upsample", "unet only")
+    assert not (tmp_path / "r.pt").exists()
+    assert "--unet_upsample" in usage_error(["train", "--unet_upsample", "bilinear"])
+
+
+def test_drop_path_defaults_to_the_presets_rate_and_zero_turns_it_off(flags_to_config) -> None:
     resnet = ("--model_type", "resnet34_unet")
-    assert _model_config(monkeypatch, tmp_path, *resnet).kwargs["drop_path"] == 0.1
+    assert flags_to_config(*resnet).model.drop_path == 0.1
     for spelling in ("--drop_path", "--drop-path"):
-        chosen = _model_config(monkeypatch, tmp_path, *resnet, spelling, "0.25")
-        assert chosen.kwargs["drop_path"] == 0.25
-    off = _model_config(monkeypatch, tmp_path, *resnet, "--drop_path", "0").kwargs
-    assert off["drop_path"] == 0.0
-    assert build_model("resnet34_unet", **off).encoder.stages[-1][-1].drop_path == 0.0
-    # the UNet has no residual blocks: no drop path in its kwargs, default or not
-    assert "drop_path" not in _model_config(monkeypatch, tmp_path).kwargs
+        assert flags_to_config(*resnet, spelling, "0.25").model.drop_path == 0.25
+    off = flags_to_config(*resnet, "--drop_path", "0").model
+    assert off.drop_path == 0.0
+    assert build_model("resnet34_unet", **model_kwargs(off)).encoder.stages[-1][-1].drop_path == 0
+    # the UNet has no residual blocks: no drop path in its config
+    assert not hasattr(flags_to_config().model, "drop_path")
 
 
-def test_drop_path_is_stored_in_the_checkpoint_and_rebuilt_by_evaluate(tmp_path: Path) -> None:
+def test_drop_path_is_stored_in_the_checkpoint_and_rebuilt_by_evaluate(
+    tmp_path: Path, make_dataset, train_args
+) -> None:
     data = make_dataset(tmp_path / "pets")
     model_path = tmp_path / "dp.pt"
-    argv = train_args(data, model_path, "--drop_path", "0.2")
-    argv[argv.index("unet")] = "resnet34_unet"
-    argv[argv.index("--unet_widths") : argv.index("--unet_widths") + 2] = [
-        "--decoder_widths", "16,16,8,8,8",
-    ]  # fmt: skip
-    assert cli.main(argv) == 0
-    assert load_checkpoint(model_path)["model_kwargs"]["drop_path"] == 0.2
-    scores = evaluate_checkpoint(model_path, data, split="test", num_workers=0)
-    assert 0.0 <= scores["dice"] <= 1.0
+    assert cli.main(as_resnet34_unet(train_args(data, model_path, "--drop_path", "0.2"))) == 0
+    assert load_checkpoint(model_path)["config"]["model"]["drop_path"] == 0.2
+    assert evaluates(model_path, data)
 
 
-def test_drop_path_on_the_unet_or_out_of_range_is_refused(tmp_path: Path, capsys) -> None:
+def test_drop_path_on_the_unet_or_out_of_range_is_refused(
+    tmp_path: Path, make_dataset, train_args, fails_with, usage_error
+) -> None:
     data = make_dataset(tmp_path / "pets")
-    fails_with(capsys, train_args(data, tmp_path / "u.pt", "--drop_path", "0.1"),
+    fails_with(train_args(data, tmp_path / "u.pt", "--drop_path", "0.1"),
                "--drop_path", "resnet34_unet only")  # fmt: skip
     assert not (tmp_path / "u.pt").exists()
     for bad in ("1", "-0.1", "x"):
-        with pytest.raises(SystemExit) as info:
-            cli.main(["train", "--model_type", "resnet34_unet", "--drop_path", bad])
-        assert info.value.code == 2
-        assert "--drop_path" in capsys.readouterr().err
+        assert "--drop_path" in usage_error(
+            ["train", "--model_type", "resnet34_unet", "--drop_path", bad]
+        )

@@ -6,7 +6,6 @@ test name). Data is synthetic: a small copy of the official layout built per tes
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import errno
 import itertools
@@ -26,96 +25,9 @@ import pytest
 import torch
 from PIL import Image
 
-from petseg.checkpoint import (
-    history_path,
-    last_checkpoint_path,
-    make_checkpoint,
-    save_checkpoint,
-)
+from petseg.checkpoint import history_path, last_checkpoint_path, save_checkpoint
 from petseg.cli import main
 from petseg.errors import PetsegError
-from petseg.models import build_model
-
-SIZE = 32
-TRAINVAL = [f"Breed_{index}" for index in range(1, 21)]  # 18 train, 2 valid
-TEST = ["Other_1", "Other_2"]
-
-
-def write_sample(root: Path, name: str, index: int, height: int = 40, width: int = 48) -> None:
-    rng = np.random.default_rng(index)
-    trimap = np.full((height, width), 2, dtype=np.uint8)
-    trimap[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 1
-    pixels = rng.integers(0, 60, (height, width, 3), dtype=np.uint8)
-    pixels[trimap == 1] += 150  # a bright "pet" on a dark background: learnable
-    Image.fromarray(pixels).save(root / "images" / f"{name}.jpg", quality=95)
-    Image.fromarray(trimap).save(root / "annotations" / "trimaps" / f"{name}.png")
-
-
-def make_dataset(root: Path, trainval: list[str] = TRAINVAL, test: list[str] = TEST) -> Path:
-    (root / "images").mkdir(parents=True)
-    (root / "annotations" / "trimaps").mkdir(parents=True)
-    for index, name in enumerate(trainval + test):
-        write_sample(root, name, index)
-    (root / "annotations" / "trainval.txt").write_text("".join(f"{n} 1 1 1\n" for n in trainval))
-    (root / "annotations" / "test.txt").write_text("".join(f"{n} 1 1 1\n" for n in test))
-    return root
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    return make_dataset(tmp_path / "pets")
-
-
-@pytest.fixture
-def checkpoint_path(tmp_path: Path) -> Path:
-    """A tiny UNet checkpoint (untrained: these tests are about inputs, not accuracy)."""
-    torch.manual_seed(0)
-    model = build_model("unet", widths=[4, 8])
-    path = tmp_path / "tiny.pt"
-    checkpoint = make_checkpoint(
-        model,
-        model_type="unet",
-        model_kwargs={"widths": [4, 8]},
-        image_size=SIZE,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-        epoch=1,
-    )
-    save_checkpoint(path, checkpoint)
-    return path
-
-
-def train_args(data: Path, model_path: Path, *extra: str) -> list[str]:
-    return [
-        "train", "--data_path", str(data), "--model_path", str(model_path),
-        "--model_type", "unet", "--unet_widths", "4,8", "--image_size", str(SIZE),
-        "--batch_size", "4", "--epochs", "1", "--num_workers", "0", *extra,
-    ]  # fmt: skip
-
-
-def fails_with(capsys: pytest.CaptureFixture, argv: list[str], *fragments: str) -> str:
-    """Run the CLI in-process; assert exit 2 and one stderr line holding every fragment."""
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("petseg ")]
-    assert len(lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-def ctrl_c_at_poll(count: int):
-    """A stand-in for petseg.train.stop_requests_on_ctrl_c: Ctrl-C from its COUNTth poll on
-    (training polls before each batch and after each epoch)."""
-
-    @contextlib.contextmanager
-    def stop_requests(enabled: bool = True):
-        polls = itertools.count(1)
-        yield lambda: next(polls) >= count
-
-    return stop_requests
 
 
 def closed_port() -> int:
@@ -127,11 +39,10 @@ def closed_port() -> int:
 # --- data path and dataset contents -----------------------------------------------------------
 
 
-def test_row01_nonexistent_data_path_without_network(tmp_path, capsys) -> None:
+def test_row01_nonexistent_data_path_without_network(tmp_path, fails_with, train_args) -> None:
     missing = tmp_path / "no-such-folder"
     mirror = f"http://127.0.0.1:{closed_port()}"
     fails_with(
-        capsys,
         train_args(missing, tmp_path / "m.pt", "--mirror", mirror),
         "cannot download",
         "--mirror",
@@ -141,49 +52,51 @@ def test_row01_nonexistent_data_path_without_network(tmp_path, capsys) -> None:
     assert not missing.exists()  # the folder made for the download went with it
 
 
-def test_row02_data_path_is_a_file(tmp_path, capsys) -> None:
+def test_row02_data_path_is_a_file(tmp_path, fails_with, train_args) -> None:
     not_a_folder = tmp_path / "pets.txt"
     not_a_folder.write_text("hello")
-    fails_with(capsys, train_args(not_a_folder, tmp_path / "m.pt"), str(not_a_folder))
+    fails_with(train_args(not_a_folder, tmp_path / "m.pt"), str(not_a_folder))
 
 
-def test_row03_empty_split_file(data, tmp_path, capsys) -> None:
+def test_row03_empty_split_file(data, tmp_path, fails_with, train_args) -> None:
     (data / "annotations" / "trainval.txt").write_text("")
-    fails_with(capsys, train_args(data, tmp_path / "m.pt"), "trainval.txt", "empty")
+    fails_with(train_args(data, tmp_path / "m.pt"), "trainval.txt", "empty")
 
 
-def test_row04_listed_image_missing(data, tmp_path, capsys) -> None:
-    missing = data / "images" / f"{TRAINVAL[3]}.jpg"
+def test_row04_listed_image_missing(data, tmp_path, fails_with, train_args, names) -> None:
+    missing = data / "images" / f"{names.trainval[3]}.jpg"
     missing.unlink()
-    fails_with(capsys, train_args(data, tmp_path / "m.pt"), str(missing), "missing")
+    fails_with(train_args(data, tmp_path / "m.pt"), str(missing), "missing")
 
 
-def test_row05_undecodable_image(data, tmp_path, capsys) -> None:
-    broken = data / "images" / f"{TRAINVAL[4]}.jpg"
+def test_row05_undecodable_image(data, tmp_path, fails_with, train_args, names) -> None:
+    broken = data / "images" / f"{names.trainval[4]}.jpg"
     broken.write_bytes(b"\x00garbage, not a JPEG" * 10)
-    fails_with(capsys, train_args(data, tmp_path / "m.pt"), str(broken), "cannot decode image")
+    fails_with(train_args(data, tmp_path / "m.pt"), str(broken), "cannot decode image")
 
 
-def test_row06_truncated_jpeg(data, tmp_path, capsys) -> None:
-    truncated = data / "images" / f"{TRAINVAL[5]}.jpg"
+def test_row06_truncated_jpeg(data, tmp_path, fails_with, train_args, names) -> None:
+    truncated = data / "images" / f"{names.trainval[5]}.jpg"
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
-    fails_with(capsys, train_args(data, tmp_path / "m.pt"), str(truncated), "truncated")
+    fails_with(train_args(data, tmp_path / "m.pt"), str(truncated), "truncated")
 
 
-def test_row07_image_and_trimap_sizes_differ(data, tmp_path, capsys) -> None:
-    trimap = data / "annotations" / "trimaps" / f"{TRAINVAL[6]}.png"
+def test_row07_image_and_trimap_sizes_differ(data, tmp_path, fails_with, train_args, names) -> None:
+    trimap = data / "annotations" / "trimaps" / f"{names.trainval[6]}.png"
     Image.fromarray(np.full((10, 10), 2, dtype=np.uint8)).save(trimap)
-    fails_with(capsys, train_args(data, tmp_path / "m.pt"), str(trimap), "differs")
+    fails_with(train_args(data, tmp_path / "m.pt"), str(trimap), "differs")
 
 
-def test_row08_unexpected_trimap_values(data, tmp_path, capsys) -> None:
-    trimap = data / "annotations" / "trimaps" / f"{TRAINVAL[7]}.png"
+def test_row08_unexpected_trimap_values(data, tmp_path, fails_with, train_args, names) -> None:
+    trimap = data / "annotations" / "trimaps" / f"{names.trainval[7]}.png"
     Image.fromarray(np.full((40, 48), 7, dtype=np.uint8)).save(trimap)
-    fails_with(capsys, train_args(data, tmp_path / "m.pt"), str(trimap), "[7]")
+    fails_with(train_args(data, tmp_path / "m.pt"), str(trimap), "[7]")
 
 
-def test_row09_skip_bad_warns_once_per_file_and_trains(data, tmp_path, capsys) -> None:
-    bad = [TRAINVAL[2], TRAINVAL[8]]
+def test_row09_skip_bad_warns_once_per_file_and_trains(
+    data, tmp_path, capsys, train_args, names
+) -> None:
+    bad = [names.trainval[2], names.trainval[8]]
     for name in bad:
         (data / "images" / f"{name}.jpg").write_bytes(b"not an image")
     model_path = tmp_path / "m.pt"
@@ -195,16 +108,18 @@ def test_row09_skip_bad_warns_once_per_file_and_trains(data, tmp_path, capsys) -
     assert checkpoint["epoch"] == 1
 
 
-def test_row10_check_lists_problems_and_exits_1(data, capsys) -> None:
-    (data / "images" / f"{TRAINVAL[1]}.jpg").write_bytes(b"junk")
+def test_row10_check_lists_problems_and_exits_1(data, capsys, names) -> None:
+    (data / "images" / f"{names.trainval[1]}.jpg").write_bytes(b"junk")
     rgba = Image.new("RGBA", (48, 40), (200, 10, 10, 255))
-    rgba.save(data / "images" / f"{TEST[0]}.jpg", format="PNG")  # as in the real dataset
-    (data / "annotations" / "test.txt").write_text(f"{TEST[0]} 1 1 1\n{TEST[0]} 1 1 1\n")
+    rgba.save(data / "images" / f"{names.test[0]}.jpg", format="PNG")  # as in the real dataset
+    (data / "annotations" / "test.txt").write_text(
+        f"{names.test[0]} 1 1 1\n{names.test[0]} 1 1 1\n"
+    )
     assert main(["check", "--data_path", str(data)]) == 1
     out = capsys.readouterr().out
-    assert f"error  {data / 'images' / TRAINVAL[1]}.jpg: cannot decode image" in out
+    assert f"error  {data / 'images' / names.trainval[1]}.jpg: cannot decode image" in out
     assert "RGBA image, converted to RGB" in out
-    assert f"{TEST[0]} is listed 2 times" in out
+    assert f"{names.test[0]} is listed 2 times" in out
     assert "2 errors, 1 unusable samples" in out
 
 
@@ -216,37 +131,32 @@ def test_row10b_check_of_a_clean_dataset_exits_0(data, capsys) -> None:
 # --- model type and checkpoints ---------------------------------------------------------------
 
 
-def test_row11_unknown_model_type(data, tmp_path, capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--data_path", str(data), "--model_type", "resnet50"])
-    assert exit_info.value.code == 2
-    assert "invalid choice: 'resnet50'" in capsys.readouterr().err
+def test_row11_unknown_model_type(data, usage_error) -> None:
+    line = usage_error(["train", "--data_path", str(data), "--model_type", "resnet50"])
+    assert "invalid choice: 'resnet50'" in line and "see `petseg train --help`" in line
 
 
-def test_row12_model_path_not_a_checkpoint(data, tmp_path, capsys) -> None:
+def test_row12_model_path_not_a_checkpoint(data, tmp_path, fails_with) -> None:
     notes = tmp_path / "notes.pt"
     notes.write_text("my training notes")
     fails_with(
-        capsys,
         ["evaluate", "--model_path", str(notes), "--data_path", str(data)],
         str(notes),
         "not a readable checkpoint",
     )
 
 
-def test_row13_truncated_checkpoint(checkpoint_path, data, capsys) -> None:
+def test_row13_truncated_checkpoint(checkpoint_path, data, fails_with) -> None:
     data_bytes = checkpoint_path.read_bytes()
     checkpoint_path.write_bytes(data_bytes[: len(data_bytes) // 2])
     fails_with(
-        capsys,
         ["evaluate", "--model_path", str(checkpoint_path), "--data_path", str(data)],
         "truncated or corrupt",
     )
 
 
-def test_row14_checkpoint_of_another_architecture(checkpoint_path, data, capsys) -> None:
+def test_row14_checkpoint_of_another_architecture(checkpoint_path, data, fails_with) -> None:
     fails_with(
-        capsys,
         ["evaluate", "--model_path", str(checkpoint_path), "--data_path", str(data),
          "--model_type", "resnet34_unet"],
         "holds a unet model, not resnet34_unet",
@@ -254,7 +164,6 @@ def test_row14_checkpoint_of_another_architecture(checkpoint_path, data, capsys)
     # and resuming its training with another architecture
     shutil.copy(checkpoint_path, last_checkpoint_path(checkpoint_path))
     fails_with(
-        capsys,
         ["train", "--data_path", str(data), "--model_path", str(checkpoint_path),
          "--model_type", "resnet34_unet", "--epochs", "3"],
         "holds a unet model",
@@ -271,12 +180,11 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-def test_row15_malicious_checkpoint_is_refused_unexecuted(tmp_path, data, capsys) -> None:
+def test_row15_malicious_checkpoint_is_refused_unexecuted(tmp_path, data, fails_with) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "petseg-checkpoint", "payload": _Payload(marker)}, evil)
     fails_with(
-        capsys,
         ["predict", "--model_path", str(evil), str(data / "images")],
         "refused to load",
         "weights_only",
@@ -292,24 +200,24 @@ def predict_args(checkpoint_path: Path, save_dir: Path, *inputs: Path) -> list[s
             "--num_workers", "0", *map(str, inputs)]  # fmt: skip
 
 
-def test_row16_predict_on_a_non_image_file(checkpoint_path, tmp_path, capsys) -> None:
+def test_row16_predict_on_a_non_image_file(checkpoint_path, tmp_path, fails_with) -> None:
     text = tmp_path / "readme.jpg"
     text.write_text("not really a jpeg")
-    fails_with(capsys, predict_args(checkpoint_path, tmp_path / "out", text), str(text))
+    fails_with(predict_args(checkpoint_path, tmp_path / "out", text), str(text))
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_row17_predict_on_an_empty_folder(checkpoint_path, tmp_path, capsys) -> None:
+def test_row17_predict_on_an_empty_folder(checkpoint_path, tmp_path, fails_with) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    fails_with(capsys, predict_args(checkpoint_path, tmp_path / "out", empty), "no image files")
+    fails_with(predict_args(checkpoint_path, tmp_path / "out", empty), "no image files")
 
 
-def test_row18_predict_on_a_decompression_bomb(checkpoint_path, tmp_path, capsys, monkeypatch):
+def test_row18_predict_on_a_decompression_bomb(checkpoint_path, tmp_path, monkeypatch, fails_with):
     bomb = tmp_path / "bomb.png"
     Image.new("L", (200, 200)).save(bomb)  # 40,000 pixels, over twice the limit set below
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
-    fails_with(capsys, predict_args(checkpoint_path, tmp_path / "out", bomb), str(bomb), "bomb")
+    fails_with(predict_args(checkpoint_path, tmp_path / "out", bomb), str(bomb), "bomb")
 
 
 def test_row19_predict_on_a_1x1_image(checkpoint_path, tmp_path) -> None:
@@ -329,35 +237,31 @@ def test_row20_predict_on_grayscale_and_cmyk_jpegs(checkpoint_path, tmp_path, mo
         assert mask.size == (37, 23) and mask.mode == "L"
 
 
-def test_row21_unwritable_save_dir(checkpoint_path, data, tmp_path, capsys) -> None:
+def test_row21_unwritable_save_dir(checkpoint_path, data, tmp_path, fails_with, names) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
     fails_with(
-        capsys,
-        predict_args(checkpoint_path, blocker / "masks", data / "images" / f"{TEST[0]}.jpg"),
+        predict_args(checkpoint_path, blocker / "masks", data / "images" / f"{names.test[0]}.jpg"),
         str(blocker),
     )
     assert blocker.read_text() == "a file where a folder should be"
 
 
-def test_row22_same_named_images_would_overwrite(checkpoint_path, tmp_path, capsys) -> None:
+def test_row22_same_named_images_would_overwrite(checkpoint_path, tmp_path, fails_with) -> None:
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         Image.new("RGB", (8, 8)).save(tmp_path / folder / "cat.jpg")
     fails_with(
-        capsys,
         predict_args(checkpoint_path, tmp_path / "out", tmp_path / "a", tmp_path / "b"),
         "cat.png would overwrite",
     )
 
 
-def test_row23_threshold_out_of_range(checkpoint_path, tmp_path, capsys) -> None:
+def test_row23_threshold_out_of_range(checkpoint_path, tmp_path, usage_error) -> None:
     photo = tmp_path / "p.jpg"
     Image.new("RGB", (8, 8)).save(photo)
-    with pytest.raises(SystemExit) as exit_info:
-        main([*predict_args(checkpoint_path, tmp_path / "out", photo), "--threshold", "1.5"])
-    assert exit_info.value.code == 2
-    assert "argument --threshold: must be between 0 and 1" in capsys.readouterr().err
+    argv = [*predict_args(checkpoint_path, tmp_path / "out", photo), "--threshold", "1.5"]
+    assert "argument --threshold: must be between 0 and 1" in usage_error(argv)
     assert not (tmp_path / "out").exists()
 
 
@@ -380,15 +284,17 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
-def test_row39_an_unreadable_photo_stops_predict(checkpoint_path, photos, tmp_path, capsys):
+def test_row39_an_unreadable_photo_stops_predict(checkpoint_path, photos, tmp_path, fails_with):
     args = predict_args(checkpoint_path, tmp_path / "out", photos)
-    fails_with(capsys, args, str(photos / "b.jpg"), "not an image", "--skip_bad")
+    fails_with(args, str(photos / "b.jpg"), "not an image", "--skip_bad")
     assert not (tmp_path / "out").exists()
     (photos / "b.jpg").unlink()  # left: a truncated JPEG, found only when decoded
-    fails_with(capsys, args, str(photos / "d.jpg"), "cannot decode image", "--skip_bad")
+    fails_with(args, str(photos / "d.jpg"), "cannot decode image", "--skip_bad")
 
 
-def test_row39_skip_bad_leaves_unreadable_photos_out(checkpoint_path, photos, tmp_path, capsys):
+def test_row39_skip_bad_leaves_unreadable_photos_out(
+    checkpoint_path, photos, tmp_path, capsys, fails_with
+):
     # batch 1: the truncated JPEG is a batch of its own, with nothing to stack
     out = tmp_path / "out"
     args = [*predict_args(checkpoint_path, out, photos), "--skip_bad", "--batch_size", "1"]
@@ -401,20 +307,22 @@ def test_row39_skip_bad_leaves_unreadable_photos_out(checkpoint_path, photos, tm
     assert "masks of 2 images" in captured.out and "2 unreadable left out" in captured.out
     for name in ("a", "c"):
         (photos / f"{name}.jpg").unlink()
-    fails_with(capsys, args, "no readable image left")
+    fails_with(args, "no readable image left")
 
 
-def test_row39_skip_bad_on_a_split(checkpoint_path, data, tmp_path, capsys) -> None:
-    truncated_jpeg(data / "images" / f"{TEST[0]}.jpg")
+def test_row39_skip_bad_on_a_split(
+    checkpoint_path, data, tmp_path, capsys, fails_with, names
+) -> None:
+    truncated_jpeg(data / "images" / f"{names.test[0]}.jpg")
     with (data / "annotations" / "test.txt").open("a") as split_file:
         split_file.write("Ghost_1 1 1 1\n")  # listed, no image
     args = ["predict", "--model_path", str(checkpoint_path), "--data_path", str(data),
             "--save_dir", str(tmp_path / "out"), "--num_workers", "0"]  # fmt: skip
-    fails_with(capsys, args, f"{TEST[0]}.jpg", "--skip_bad")
+    fails_with(args, f"{names.test[0]}.jpg", "--skip_bad")
     assert main([*args, "--skip_bad"]) == 0
-    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{TEST[1]}.png"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{names.test[1]}.png"]
     captured = capsys.readouterr()
-    assert f"skipping {data / 'images' / TEST[0]}.jpg: cannot decode" in captured.err
+    assert f"skipping {data / 'images' / names.test[0]}.jpg: cannot decode" in captured.err
     assert f"skipping {data / 'images' / 'Ghost_1'}.jpg: file not found" in captured.err
     assert "masks of 1 image " in captured.out and "2 unreadable left out" in captured.out
 
@@ -424,31 +332,35 @@ def test_row39_skip_bad_on_a_split(checkpoint_path, data, tmp_path, capsys) -> N
 
 @pytest.mark.parametrize(
     ("flag", "value", "fragment"),
-    [("--epochs", "0", "must be >= 1"), ("--learning-rate", "-0.001", "must be > 0.0"),
-     ("--batch_size", "0", "must be >= 1")],
+    [("--epochs", "0", "must be >= 1"), ("--learning-rate", "-0.001", "must be > 0"),
+     ("--batch_size", "0", "must be >= 1"),
+     # non-finite or absurd: refused before any work, not trained into a broken model
+     ("-lr", "inf", "must be a finite number, got inf"), ("-lr", "nan", "finite number"),
+     ("-lr", "1e6", "must be > 0 and <= 1, got 1e+06"), ("--weight_decay", "5", "<= 1"),
+     ("--clip_grad", "inf", "finite"), ("--warmup_epochs", "nan", "finite"),
+     ("--drop_path", "inf", "finite"), ("--dist_timeout", "inf", "finite")],
 )  # fmt: skip
-def test_row24_invalid_numbers(data, tmp_path, capsys, flag, value, fragment) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main([*train_args(data, tmp_path / "m.pt"), flag, value])
-    assert exit_info.value.code == 2
-    assert fragment in capsys.readouterr().err
+def test_row24_invalid_numbers(data, tmp_path, flag, value, fragment, train_args, usage_error):
+    line = usage_error([*train_args(data, tmp_path / "m.pt"), flag, value])
+    assert line.startswith("petseg train: error: argument ") and flag in line, line
+    assert fragment in line and line.endswith("see `petseg train --help`")
+    assert not (tmp_path / "m.pt").exists()
 
 
-def test_row25_batch_size_larger_than_the_dataset(data, tmp_path, capsys) -> None:
+def test_row25_batch_size_larger_than_the_dataset(data, tmp_path, fails_with, train_args) -> None:
     fails_with(
-        capsys,
         [*train_args(data, tmp_path / "m.pt"), "--batch_size", "64"],
         "--batch_size 64 is larger than the training split (18 images",
     )
 
 
-def test_row26_cuda_asked_without_a_gpu(data, tmp_path, capsys) -> None:
+def test_row26_cuda_asked_without_a_gpu(data, tmp_path, fails_with, train_args) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    fails_with(capsys, [*train_args(data, tmp_path / "m.pt"), "--device", "cuda"], "--device cpu")
+    fails_with([*train_args(data, tmp_path / "m.pt"), "--device", "cuda"], "--device cpu")
 
 
-def test_row27_out_of_memory_gets_a_hint(data, tmp_path, capsys, monkeypatch) -> None:
+def test_row27_out_of_memory_gets_a_hint(data, tmp_path, capsys, monkeypatch, train_args) -> None:
     def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
@@ -459,10 +371,9 @@ def test_row27_out_of_memory_gets_a_hint(data, tmp_path, capsys, monkeypatch) ->
     assert "Traceback" not in err
 
 
-def test_row28_evaluate_empty_split_name(checkpoint_path, data, capsys) -> None:
+def test_row28_evaluate_empty_split_name(checkpoint_path, data, fails_with) -> None:
     (data / "annotations" / "test.txt").write_text("\n\n")
     fails_with(
-        capsys,
         ["evaluate", "--model_path", str(checkpoint_path), "--data_path", str(data)],
         "test split is empty",
     )
@@ -471,8 +382,8 @@ def test_row28_evaluate_empty_split_name(checkpoint_path, data, capsys) -> None:
 # --- crash safety -----------------------------------------------------------------------------
 
 
-def launch_training(data: Path, model_path: Path, epochs: int) -> subprocess.Popen:
-    argv = [*train_args(data, model_path), "--epochs", str(epochs), "--num_workers", "2"]
+def launch_training(argv: list[str], epochs: int) -> subprocess.Popen:
+    argv = [*argv, "--epochs", str(epochs), "--num_workers", "2"]
     return subprocess.Popen(
         [sys.executable, "-m", "petseg", *argv],
         stdout=subprocess.PIPE,
@@ -492,15 +403,17 @@ def wait_for_epoch(model_path: Path, process: subprocess.Popen, timeout: float =
 
 
 @pytest.fixture
-def slow_data(tmp_path: Path) -> Path:
+def slow_data(tmp_path: Path, make_dataset) -> Path:
     """More images so an epoch lasts long enough to be interrupted in the middle."""
     return make_dataset(tmp_path / "pets", [f"Breed_{i}" for i in range(1, 81)])
 
 
 @pytest.mark.slow
-def test_kill_9_mid_training_loses_at_most_the_running_epoch(slow_data, tmp_path) -> None:
+def test_kill_9_mid_training_loses_at_most_the_running_epoch(
+    slow_data, tmp_path, train_args
+) -> None:
     model_path = tmp_path / "run" / "m.pt"
-    process = launch_training(slow_data, model_path, epochs=3)
+    process = launch_training(train_args(slow_data, model_path), epochs=3)
     wait_for_epoch(model_path, process)
     time.sleep(0.3)
     os.killpg(process.pid, signal.SIGKILL)
@@ -522,9 +435,11 @@ def test_kill_9_mid_training_loses_at_most_the_running_epoch(slow_data, tmp_path
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_the_steps_taken_and_exits_130_with_one_line(slow_data, tmp_path) -> None:
+def test_ctrl_c_saves_the_steps_taken_and_exits_130_with_one_line(
+    slow_data, tmp_path, train_args
+) -> None:
     model_path = tmp_path / "run" / "m.pt"
-    process = launch_training(slow_data, model_path, epochs=50)
+    process = launch_training(train_args(slow_data, model_path), epochs=50)
     wait_for_epoch(model_path, process)
     time.sleep(0.5)
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
@@ -550,7 +465,9 @@ def test_ctrl_c_saves_the_steps_taken_and_exits_130_with_one_line(slow_data, tmp
     )
 
 
-def test_resume_after_ctrl_c_in_mid_epoch_is_exact(data, tmp_path, monkeypatch) -> None:
+def test_resume_after_ctrl_c_in_mid_epoch_is_exact(
+    data, tmp_path, monkeypatch, train_args, ctrl_c_at_poll
+) -> None:
     """Ctrl-C one batch into epoch 2, resume: the same weights as two epochs straight."""
     straight, interrupted = tmp_path / "straight.pt", tmp_path / "interrupted.pt"
     extra = ("--num_workers", "2", "--learning-rate", "1e-3", "--epochs", "2")
@@ -574,7 +491,7 @@ def test_resume_after_ctrl_c_in_mid_epoch_is_exact(data, tmp_path, monkeypatch) 
 
 
 @pytest.mark.slow
-def test_resume_is_exact(data, tmp_path) -> None:
+def test_resume_is_exact(data, tmp_path, train_args) -> None:
     """Two epochs straight equal one epoch, a restart, and one more: same weights.
 
     A constant rate: extending --epochs reshapes a onecycle or cosine schedule (its length is
@@ -609,50 +526,53 @@ def test_atomic_write_keeps_the_old_checkpoint_when_saving_fails(
     assert [p.name for p in checkpoint_path.parent.iterdir() if p.suffix == ".tmp"] == []
 
 
-def test_row29_predict_without_inputs_or_data_path(checkpoint_path, capsys) -> None:
-    fails_with(capsys, ["predict", "--model_path", str(checkpoint_path)], "needs image files")
+def test_row29_predict_without_inputs_or_data_path(checkpoint_path, fails_with) -> None:
+    fails_with(["predict", "--model_path", str(checkpoint_path)], "needs image files")
 
 
-def test_row33_check_on_a_missing_folder(tmp_path, capsys) -> None:
+def test_row33_check_on_a_missing_folder(tmp_path, fails_with) -> None:
     missing = tmp_path / "nothing"
-    fails_with(capsys, ["check", "--data_path", str(missing)], str(missing), "no such folder")
+    fails_with(["check", "--data_path", str(missing)], str(missing), "no such folder")
 
 
-def test_row09b_other_ranks_skip_the_same_samples_silently(data, capsys) -> None:
+def test_row09b_other_ranks_skip_the_same_samples_silently(data, capsys, names) -> None:
     from petseg.data.check import checked_names
 
-    (data / "images" / f"{TRAINVAL[2]}.jpg").write_bytes(b"not an image")
+    (data / "images" / f"{names.trainval[2]}.jpg").write_bytes(b"not an image")
     quiet = checked_names(data, "train", skip_bad=True, report=False)
     assert capsys.readouterr().err == ""
     loud = checked_names(data, "train", skip_bad=True)
-    assert quiet == loud and TRAINVAL[2] not in loud
-    assert capsys.readouterr().err.count(f"skipping {TRAINVAL[2]} ") == 1
+    assert quiet == loud and names.trainval[2] not in loud
+    assert capsys.readouterr().err.count(f"skipping {names.trainval[2]} ") == 1
 
 
 # --- data path mistakes are not downloads (issue 48, item 6) ----------------------------------
 
 
-def test_row40_a_typo_in_data_path_suggests_the_folder_meant(data, tmp_path, capsys) -> None:
+def test_row40_a_typo_in_data_path_suggests_the_folder_meant(
+    data, tmp_path, fails_with, train_args
+) -> None:
     typo = data.with_name("pest")
-    fails_with(capsys, train_args(typo, tmp_path / "m.pt"), f"{typo}: no such folder; did you "
+    fails_with(train_args(typo, tmp_path / "m.pt"), f"{typo}: no such folder; did you "
                f"mean {data}?", "--download")  # fmt: skip
     assert not typo.exists()
     elsewhere = tmp_path / "nothing-like-it"
-    fails_with(capsys, train_args(elsewhere, tmp_path / "m.pt"), "no such folder; point "
+    fails_with(train_args(elsewhere, tmp_path / "m.pt"), "no such folder; point "
                "--data_path at the folder holding images/ and annotations/")  # fmt: skip
     assert not elsewhere.exists()
 
 
-def test_row41_the_images_subfolder_suggests_its_parent(data, tmp_path, capsys) -> None:
+def test_row41_the_images_subfolder_suggests_its_parent(
+    data, tmp_path, fails_with, train_args
+) -> None:
     for part in ("images", "annotations"):
-        fails_with(capsys, train_args(data / part, tmp_path / "m.pt"),
+        fails_with(train_args(data / part, tmp_path / "m.pt"),
                    f"{data / part}: is the dataset's {part}/ subfolder; pass its parent {data}")  # fmt: skip
 
 
-def test_row42_a_dataset_missing_a_file_names_it(checkpoint_path, data, tmp_path, capsys):
+def test_row42_a_dataset_missing_a_file_names_it(checkpoint_path, data, tmp_path, fails_with):
     (data / "annotations" / "test.txt").unlink()
     fails_with(
-        capsys,
         ["evaluate", "--model_path", str(checkpoint_path), "--data_path", str(data)],
         f"{data / 'annotations' / 'test.txt'}: missing, so the dataset in {data} is incomplete",
         "--download",
@@ -660,13 +580,15 @@ def test_row42_a_dataset_missing_a_file_names_it(checkpoint_path, data, tmp_path
     assert sorted(p.name for p in data.iterdir()) == ["annotations", "images"]
 
 
-def test_row43_the_folder_above_the_dataset_points_down(data, tmp_path, capsys) -> None:
-    fails_with(capsys, train_args(data.parent, tmp_path / "m.pt"),
+def test_row43_the_folder_above_the_dataset_points_down(
+    data, tmp_path, fails_with, train_args
+) -> None:
+    fails_with(train_args(data.parent, tmp_path / "m.pt"),
                f"{data.parent}: holds the dataset one level down; pass --data_path {data}")  # fmt: skip
 
 
 def test_row44_download_asked_for_goes_ahead_and_a_failure_leaves_no_folder(
-    tmp_path, capsys, monkeypatch
+    tmp_path, monkeypatch, fails_with, train_args
 ) -> None:
     asked: list[tuple[Path, str | None]] = []
 
@@ -677,30 +599,28 @@ def test_row44_download_asked_for_goes_ahead_and_a_failure_leaves_no_folder(
 
     monkeypatch.setattr("petseg.data.loading.download_dataset", offline)
     wanted = tmp_path / "new" / "my-pets"
-    fails_with(capsys, [*train_args(wanted, tmp_path / "m.pt"), "--download"], "offline")
+    fails_with([*train_args(wanted, tmp_path / "m.pt"), "--download"], "offline")
     assert asked == [(wanted, None)] and not wanted.parent.exists()
     empty = tmp_path / "empty"
     empty.mkdir()  # an empty folder is clearly meant for the dataset: no --download needed
-    fails_with(capsys, train_args(empty, tmp_path / "m.pt"), "offline")
+    fails_with(train_args(empty, tmp_path / "m.pt"), "offline")
     assert asked[-1] == (empty, None) and empty.is_dir()
 
 
 # --- misleading model files (item 7) ----------------------------------------------------------
 
 
-def test_row45_evaluate_given_an_onnx_file(data, tmp_path, capsys) -> None:
+def test_row45_evaluate_given_an_onnx_file(data, tmp_path, fails_with) -> None:
     onnx_file = tmp_path / "model.onnx"
     onnx_file.write_bytes(b"\x08\x08\x12\x07pytorch")
     fails_with(
-        capsys,
         ["evaluate", "--model_path", str(onnx_file), "--data_path", str(data)],
         f"{onnx_file}: is an ONNX model, not a checkpoint; this command needs the .pt checkpoint",
     )
 
 
-def test_row46_a_folder_as_model_path(checkpoint_path, data, capsys) -> None:
+def test_row46_a_folder_as_model_path(checkpoint_path, data, fails_with) -> None:
     fails_with(
-        capsys,
         ["evaluate", "--model_path", str(checkpoint_path.parent), "--data_path", str(data)],
         f"{checkpoint_path.parent}: is a folder, not a checkpoint; pass one of its checkpoint "
         "files (tiny.pt)",
@@ -710,19 +630,23 @@ def test_row46_a_folder_as_model_path(checkpoint_path, data, capsys) -> None:
 # --- outputs are checked first; a failed write is one line and a rerun repairs (item 3) ------
 
 
-def test_row47_evaluate_output_is_a_folder(checkpoint_path, data, tmp_path, capsys) -> None:
+def test_row47_evaluate_output_is_a_folder(
+    checkpoint_path, data, tmp_path, capsys, fails_with
+) -> None:
     folder = tmp_path / "results"
     folder.mkdir()
     args = ["evaluate", "--model_path", str(checkpoint_path), "--data_path", str(data),
             "--output", str(folder)]  # fmt: skip
-    fails_with(capsys, args, f"{folder}: is a folder; name a file to write instead")
+    fails_with(args, f"{folder}: is a folder; name a file to write instead")
     assert "Dice" not in capsys.readouterr().out  # refused before evaluating
     assert list(folder.iterdir()) == []
 
 
-def test_row48_train_on_a_read_only_file_system(data, tmpfs, capsys) -> None:
+def test_row48_train_on_a_read_only_file_system(
+    data, tmpfs, capsys, fails_with, train_args
+) -> None:
     model_path = tmpfs(64, read_only=True) / "m.pt"
-    fails_with(capsys, train_args(data, model_path), "cannot write (Read-only file system)")
+    fails_with(train_args(data, model_path), "cannot write (Read-only file system)")
     assert "training" not in capsys.readouterr().out
 
 
@@ -745,7 +669,7 @@ def assert_consistent(model_path: Path, epochs: int) -> None:
 
 @pytest.mark.parametrize(("failing", "at_write"), [("best", 1), ("last", 2), ("history", 2)])
 def test_row49_a_full_disk_mid_run_is_one_line_and_a_rerun_repairs(
-    data, tmp_path, capsys, monkeypatch, failing, at_write
+    data, tmp_path, capsys, monkeypatch, failing, at_write, fails_with, train_args
 ) -> None:
     model_path = tmp_path / "runs" / "m.pt"
     target = {"best": model_path, "last": last_checkpoint_path(model_path),
@@ -760,7 +684,7 @@ def test_row49_a_full_disk_mid_run_is_one_line_and_a_rerun_repairs(
 
     monkeypatch.setattr(os, "replace", disk_fills)
     args = train_args(data, model_path, "--epochs", "2")
-    fails_with(capsys, args, f"{target}: cannot write (No space left on device); free some disk "
+    fails_with(args, f"{target}: cannot write (No space left on device); free some disk "
                "space and run again")  # fmt: skip
     assert not [p for p in model_path.parent.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.undo()
@@ -771,7 +695,7 @@ def test_row49_a_full_disk_mid_run_is_one_line_and_a_rerun_repairs(
     assert len(named) == 4 and all(Path(path).exists() for path in named), closing
 
 
-def test_row50_stale_temp_files_of_a_killed_write_are_removed(data, tmp_path) -> None:
+def test_row50_stale_temp_files_of_a_killed_write_are_removed(data, tmp_path, train_args) -> None:
     model_path = tmp_path / "m.pt"
     stale = [tmp_path / ".m.pt.x1y2z3w4.tmp", tmp_path / ".m.last.pt.abcdefgh.tmp",
              tmp_path / ".m.history.csv.12345678.tmp"]  # fmt: skip
@@ -785,7 +709,9 @@ def test_row50_stale_temp_files_of_a_killed_write_are_removed(data, tmp_path) ->
 # --- one run per model path (item 4) ----------------------------------------------------------
 
 
-def test_row51_a_second_run_on_the_same_model_path_is_refused(data, tmp_path, capsys) -> None:
+def test_row51_a_second_run_on_the_same_model_path_is_refused(
+    data, tmp_path, fails_with, train_args
+) -> None:
     model_path = tmp_path / "m.pt"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pathlib import Path\n"
@@ -796,7 +722,7 @@ def test_row51_a_second_run_on_the_same_model_path_is_refused(data, tmp_path, ca
     )  # fmt: skip
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        fails_with(capsys, train_args(data, model_path), f"{model_path}: another training run is "
+        fails_with(train_args(data, model_path), f"{model_path}: another training run is "
                    f"writing it (process {holder.pid} on {socket.gethostname()}, started ")  # fmt: skip
     finally:
         holder.communicate("")
@@ -825,21 +751,23 @@ def poisoned_adamw(monkeypatch: pytest.MonkeyPatch, at_step: int, value: float) 
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
 
 
-def test_row52_a_model_gone_nan_is_not_saved_and_the_run_fails(data, tmp_path, capsys, monkeypatch):
+def test_row52_a_model_gone_nan_is_not_saved_and_the_run_fails(
+    data, tmp_path, monkeypatch, fails_with, train_args
+):
     model_path = tmp_path / "m.pt"
     poisoned_adamw(monkeypatch, at_step=1, value=math.nan)
-    fails_with(capsys, train_args(data, model_path, "--optimizer", "adamw"),
+    fails_with(train_args(data, model_path, "--optimizer", "adamw"),
                "training diverged in epoch 1 (", "nothing saved; lower --learning-rate")  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pets"]
 
 
 def test_row53_an_exploding_loss_stops_and_keeps_the_last_good_epoch(
-    data, tmp_path, capsys, monkeypatch
+    data, tmp_path, monkeypatch, fails_with, train_args
 ) -> None:
     model_path = tmp_path / "m.pt"
     args = train_args(data, model_path, "--optimizer", "adamw", "--epochs", "2")
     poisoned_adamw(monkeypatch, at_step=5, value=1e4)  # epoch 1 has 4 steps (18 images, batch 4)
-    fails_with(capsys, args, "training diverged in epoch 2 (",
+    fails_with(args, "training diverged in epoch 2 (",
                f"{last_checkpoint_path(model_path)} (epoch 1) and {model_path} stay as they were")  # fmt: skip
     assert_consistent(model_path, epochs=1)
     monkeypatch.undo()
@@ -850,7 +778,9 @@ def test_row53_an_exploding_loss_stops_and_keeps_the_last_good_epoch(
 # --- what a checkpoint holds (item 8) ---------------------------------------------------------
 
 
-def test_row54_the_best_checkpoint_holds_no_optimizer_state(data, tmp_path, capsys) -> None:
+def test_row54_the_best_checkpoint_holds_no_optimizer_state(
+    data, tmp_path, fails_with, train_args
+) -> None:
     model_path = tmp_path / "m.pt"
     assert main(train_args(data, model_path)) == 0
     best = torch.load(model_path, weights_only=True)
@@ -860,12 +790,14 @@ def test_row54_the_best_checkpoint_holds_no_optimizer_state(data, tmp_path, caps
     # a best checkpoint alone cannot be resumed, and is not trained over
     last_checkpoint_path(model_path).unlink()
     before = model_path.read_bytes()
-    fails_with(capsys, train_args(data, model_path, "--epochs", "2"),
+    fails_with(train_args(data, model_path, "--epochs", "2"),
                f"{model_path}: exists, but m.last.pt, which training resumes from, does not")  # fmt: skip
     assert model_path.read_bytes() == before
 
 
-def test_row55_a_missing_best_checkpoint_is_rewritten_from_the_last(data, tmp_path, capsys):
+def test_row55_a_missing_best_checkpoint_is_rewritten_from_the_last(
+    data, tmp_path, capsys, train_args
+):
     model_path = tmp_path / "m.pt"
     assert main(train_args(data, model_path)) == 0
     model_path.unlink()
@@ -879,10 +811,12 @@ def test_row55_a_missing_best_checkpoint_is_rewritten_from_the_last(data, tmp_pa
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_steps_taken_and_exits_143_with_one_line(slow_data, tmp_path) -> None:
+def test_sigterm_saves_the_steps_taken_and_exits_143_with_one_line(
+    slow_data, tmp_path, train_args
+) -> None:
     """As schedulers stop jobs: SIGTERM to the process group (the data workers get it too)."""
     model_path = tmp_path / "run" / "m.pt"
-    process = launch_training(slow_data, model_path, epochs=50)
+    process = launch_training(train_args(slow_data, model_path), epochs=50)
     wait_for_epoch(model_path, process)
     time.sleep(0.5)
     os.killpg(process.pid, signal.SIGTERM)

@@ -16,8 +16,7 @@ from petseg.cli import main
 from petseg.errors import PetsegError
 from petseg.evaluate import evaluate_model
 from petseg.models import build_model
-from petseg.train import gradients_finite, time_left, train_one_epoch
-from test_robustness import ctrl_c_at_poll
+from petseg.train import TrainStep, gradients_finite, time_left, train_one_epoch
 
 CPU = torch.device("cpu")
 
@@ -57,7 +56,8 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def run(model, loss_fn, data, **kwargs) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    return train_one_epoch(model, data, optimizer, loss_fn, CPU, "test", False, **kwargs).mean_loss
+    step = TrainStep(model, optimizer, loss_fn, CPU, progress=False, **kwargs)
+    return train_one_epoch(step, data).mean_loss
 
 
 def test_a_non_finite_step_is_skipped_and_leaves_the_weights_alone() -> None:
@@ -214,7 +214,7 @@ def test_each_epoch_line_but_the_last_estimates_the_time_left(pets, tmp_path, ca
 
 
 def test_a_resumed_part_of_an_epoch_is_not_timed_for_the_estimate(
-    pets, tmp_path, capsys, monkeypatch
+    pets, tmp_path, capsys, monkeypatch, ctrl_c_at_poll
 ) -> None:
     model_path = tmp_path / "m.pt"
     argv = compile_argv(pets, model_path)
@@ -255,8 +255,9 @@ def test_clip_grad_caps_the_norm_of_the_step(with_scaler: bool, fraction: float)
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scaler = torch.amp.GradScaler("cpu") if with_scaler else None
-    train_one_epoch(model, data, optimizer, loss_fn, CPU, "test", False, scaler=scaler,
-                    clip_grad=fraction * norm)  # fmt: skip
+    step = TrainStep(model, optimizer, loss_fn, CPU, scaler=scaler, clip_grad=fraction * norm,
+                     progress=False)  # fmt: skip
+    train_one_epoch(step, data)
     step = before - torch.cat([p.detach().flatten() for p in model.parameters()])
     # 0 = off; a cap above the norm leaves the gradient as it is; one below scales it down to it
     expected = gradient * min(1.0, fraction) if fraction > 0 else gradient

@@ -1,7 +1,9 @@
-"""Checkpoints: atomic save, pickle-free load, and rebuilding the model from the metadata.
+"""Checkpoints: atomic save, pickle-free load, and rebuilding the model from the stored config.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
-``torch.load(path, weights_only=True)`` and holds everything ``evaluate`` and ``predict`` need.
+``torch.load(path, weights_only=True)``. It holds the run's resolved config once (model,
+recipe and image size: petseg.config.TrainConfig), so ``evaluate``, ``predict`` and ``export``
+need nothing else.
 """
 
 from __future__ import annotations
@@ -16,29 +18,17 @@ import torch
 from torch import nn
 
 from petseg import __version__
+from petseg.config import TrainConfig, from_plain, model_kwargs, to_plain
 from petseg.errors import PetsegError
 from petseg.files import atomic_writer
-from petseg.models import MODELS, build_model
+from petseg.models import build_model
 
 CHECKPOINT_FORMAT = "petseg-checkpoint"
-# 2: the ResNet34-UNet's stem became an argument whose default is the deep stem
-# 3: its activation became an argument whose default is SiLU
-# 4: its drop path (stochastic depth) default became 0.1
-# 5: the UNet's decoder upsampling default became nearest (before: transpose)
-CHECKPOINT_VERSION = 5
-REQUIRED_KEYS = ("model_type", "model_kwargs", "state_dict", "image_size", "normalization")
+# The one format this petseg writes and reads; a file of another is refused with what to do.
+CHECKPOINT_VERSION = 6
+REQUIRED_KEYS = ("config", "state_dict", "normalization")
 # What only resuming needs; the best checkpoint goes without (without_training_state).
 TRAINING_STATE_KEYS = ("optimizer", "grad_scaler", "partial_epoch")
-# Constructor arguments added with a new default: model type -> [(the checkpoint version that
-# added them, their value before)]. An older checkpoint that lacks one was trained with that value.
-LEGACY_MODEL_KWARGS: dict[str, list[tuple[int, dict[str, Any]]]] = {
-    "resnet34_unet": [
-        (2, {"stem": "classic"}),
-        (3, {"activation": "relu"}),
-        (4, {"drop_path": 0.0}),
-    ],
-    "unet": [(5, {"upsample": "transpose"})],
-}
 
 
 def last_checkpoint_path(model_path: Path) -> Path:
@@ -84,23 +74,20 @@ def resume_source(model_path: Path) -> Path | None:
 
 def make_checkpoint(
     model: nn.Module,
+    config: TrainConfig,
     *,
-    model_type: str,
-    model_kwargs: dict[str, Any],
-    image_size: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
     **extra: Any,
 ) -> dict[str, Any]:
-    """The checkpoint dict; `extra` holds training state (epoch, best_dice, optimizer, config...)."""
+    """The checkpoint dict: the run's config once, the weights, the input normalization, the
+    decision threshold; `extra` holds training state (epoch, best_dice, optimizer...)."""
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "petseg_version": __version__,
-        "model_type": model_type,
-        "model_kwargs": model_kwargs,
+        "config": to_plain(config),
         "state_dict": model.state_dict(),
-        "image_size": image_size,
         "normalization": {"mean": list(mean), "std": list(std)},
         "threshold": 0.5,
         **extra,
@@ -150,11 +137,22 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise unreadable_checkpoint(path, error) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise PetsegError(f"{path}: not a petseg checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    version = checkpoint.get("version")
+    if version != CHECKPOINT_VERSION:
+        age = "a newer" if isinstance(version, int) and version > CHECKPOINT_VERSION else "an older"
+        raise PetsegError(
+            f"{path}: written by {age} petseg (checkpoint format {version}, this petseg reads "
+            f"{CHECKPOINT_VERSION}); retrain the model with this petseg {__version__}"
+        )
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
     if missing:
         raise PetsegError(f"{path}: petseg checkpoint lacks {', '.join(missing)}")
-    if checkpoint["model_type"] not in MODELS:
-        raise PetsegError(f"{path}: unknown model type {checkpoint['model_type']!r}")
+    try:
+        checkpoint_config(checkpoint)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise PetsegError(
+            f"{path}: petseg checkpoint with an unreadable config ({error})"
+        ) from None
     bad = (
         nonfinite_count(checkpoint["state_dict"])
         if isinstance(checkpoint["state_dict"], dict)
@@ -209,22 +207,18 @@ def _checkpoints_in(folder: Path) -> str:
     return "; pass a checkpoint file (NAME.pt)"
 
 
-def checkpoint_model_kwargs(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """The model's constructor arguments, those an older checkpoint lacks filled in."""
-    kwargs = dict(checkpoint["model_kwargs"])
-    version = int(checkpoint.get("version", 1))
-    for since, before in LEGACY_MODEL_KWARGS.get(checkpoint["model_type"], []):
-        if version < since:
-            kwargs = before | kwargs
-    return kwargs
+def checkpoint_config(checkpoint: dict[str, Any]) -> TrainConfig:
+    """The config the checkpoint's run was trained with."""
+    return from_plain(checkpoint["config"])
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any], path: Path | None = None) -> nn.Module:
-    """Rebuild the architecture from the metadata and load the weights (strictly)."""
+    """Rebuild the architecture from the stored config and load the weights (strictly)."""
+    model_config = checkpoint_config(checkpoint).model
     where = f"{path}: " if path else ""
-    failed = f"{where}cannot rebuild the {checkpoint['model_type']} model from it"
+    failed = f"{where}cannot rebuild the {model_config.model_type} model from it"
     try:
-        model = build_model(checkpoint["model_type"], **checkpoint_model_kwargs(checkpoint))
+        model = build_model(model_config.model_type, **model_kwargs(model_config))
     except (RuntimeError, TypeError, ValueError) as error:
         raise PetsegError(f"{failed} ({_first_line(error)})") from None
     state = checkpoint["state_dict"]
@@ -235,6 +229,13 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: Path | None = None) 
         mismatch = weights_mismatch(model.state_dict(), state) if isinstance(state, dict) else None
         raise PetsegError(f"{failed} ({mismatch or _first_line(error)})") from None
     return model
+
+
+def resume_checkpoint(model_path: Path) -> tuple[dict[str, Any], Path] | None:
+    """The checkpoint a training run on `model_path` resumes from, loaded, and its path; None
+    for a fresh start (see resume_source)."""
+    source = resume_source(model_path)
+    return None if source is None else (load_checkpoint(source), source)
 
 
 def _first_line(error: Exception) -> str:
@@ -266,10 +267,11 @@ def weights_mismatch(
     return f"weights do not fit: {'; '.join(parts)}" if parts else None
 
 
-def check_model_type(checkpoint: dict[str, Any], expected: str | None, path: Path) -> None:
-    """A --model_type given alongside a checkpoint must match it (it is otherwise not needed)."""
-    if expected is not None and checkpoint["model_type"] != expected:
+def check_model_type(stored: str, expected: str | None, path: Path) -> None:
+    """A --model_type given alongside a model file must match the type `stored` in it (it is
+    otherwise not needed)."""
+    if expected is not None and stored != expected:
         raise PetsegError(
-            f"{path}: holds a {checkpoint['model_type']} model, not {expected}; "
+            f"{path}: holds a {stored} model, not {expected}; "
             "drop --model_type, the checkpoint says what it is"
         )

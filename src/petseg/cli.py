@@ -1,89 +1,142 @@
-"""The `petseg` command: argparse subcommands, each calling one function.
+"""The `petseg` command: a parser per command from shared flag groups, each calling one function.
 
-Every flag is accepted with underscores (the lab scripts' spelling) and with hyphens.
+Flags take underscores (the lab scripts' spelling) or hyphens. A wrong flag or value is one line
+naming the command's --help, exit code 2. Train flags default to "not given" (petseg.config).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from petseg import __version__
+from petseg import __version__, choices
 from petseg.config import (
-    ACTIVATIONS,
-    DEFAULT_ACTIVATION,
-    DEFAULT_AUGMENT,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_CLIP_GRAD,
     DEFAULT_DATA_PATH,
-    DEFAULT_DECODER_WIDTHS,
-    DEFAULT_DROP_PATH,
-    DEFAULT_LEARNING_RATE,
     DEFAULT_NUM_WORKERS,
-    DEFAULT_STEM,
-    DEFAULT_UNET_ACTIVATION,
-    DEFAULT_UNET_UPSAMPLE,
-    DEFAULT_UNET_WIDTHS,
+    DIST_TIMEOUT_S,
     INFERENCE_BATCH_SIZE,
-    STEMS,
-    UNET_UPSAMPLES,
-    DataConfig,
-    RecipeConfig,
-    TrainConfig,
+    LIMITS,
+    PARITY_IMAGES,
+    PRESETS,
+    TRAIN_FLAGS,
+    Bounds,
+    EvaluateConfig,
+    PredictConfig,
+    flag_default,
+    shown,
+    to_plain,
 )
 from petseg.errors import PetsegError
-from petseg.schedules import COSINE_WARMUP_EPOCHS  # torch-free
 
-MODEL_TYPES = ("unet", "resnet34_unet")  # mirrors petseg.models.MODELS without importing torch
-SPLITS = ("train", "valid", "test")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # mirrors petseg.runtime.PRECISIONS
-DEFAULTS = TrainConfig()
-DIST_BACKENDS = ("auto", "nccl", "gloo")  # mirrors petseg.distributed without importing torch
-DIST_TIMEOUT_S = 600.0
-# Mirror petseg.losses.LOSSES, petseg.schedules.SCHEDULERS, petseg.train.OPTIMIZERS and
-# petseg.data.transforms.AUGMENTS without importing torch (tests check they agree).
-LOSSES = ("bce", "dice", "bce_dice")
-SCHEDULERS = ("constant", "cosine", "onecycle")
-OPTIMIZERS = ("adam", "adamw")
-AUGMENTS = ("lab", "flip", "strong")
-RECIPE = DEFAULTS.recipe
-BACKENDS = ("torch", "onnxruntime")  # mirrors petseg.segmenter.BACKENDS without importing torch
-PARITY_IMAGES = 8  # mirrors petseg.export.DEFAULT_PARITY_IMAGES
+# The --help of each flag; where a model type's preset sets it, its default is added.
+HELP = {
+    "data_path": "dataset folder (images/, annotations/); downloaded if default, empty, or asked",
+    "download": "download what the dataset at --data_path lacks (about 800 MB) into that folder",
+    "mirror": "base URL serving images.tar.gz and annotations.tar.gz instead of Oxford's",
+    "device": "auto = CUDA when available, else CPU (default auto)",
+    "precision": "autocast: auto (default) = bf16 where native, fp16 on older GPUs, else fp32",
+    "compile": "torch.compile the model; it pays off on GPUs (docs/speed.md)",
+    "num_workers": f"loaders, or auto: 0 on a CPU reading the cache, else {DEFAULT_NUM_WORKERS}",
+    "skip_bad": "leave out unusable samples (missing, undecodable, mismatched), warning of each",
+    "threshold": "decision threshold (default the checkpoint's: 0.5, or --tune_threshold's)",
+    "tta": "average the probabilities of each image and its mirror image (twice the compute)",
+    "largest_component": "keep each mask's largest connected region (drops specks, and a 2nd pet)",
+    "model_path": "best checkpoint, NAME.last.pt beside it (default runs/MODEL_TYPE.pt); resumed",
+    "no_cache": "decode every image every epoch instead of reading the decoded-image cache",
+    "cache_dir": "decoded-image cache folder (default DATA_PATH/.petseg-cache, else ~/.cache)",
+    "print_config": "print the resolved config as JSON and exit without training",
+    "dist_backend": "auto = nccl on CUDA, gloo on CPU (default auto)",
+    "dist_timeout": f"the wait for the other processes, in any step (default {DIST_TIMEOUT_S:g})",
+    "sync_batchnorm": "on GPUs: BatchNorm statistics over the whole batch of all processes",
+    "model_type": "architecture (default unet; when resuming, the checkpoint's)",
+    "unet_widths": "unet channel widths per level",
+    "unet_upsample": "unet decoder upsampling: nearest, or transpose (the classic UNet's)",
+    "decoder_widths": "resnet34_unet decoder block widths, deepest first",
+    "stem": "resnet34_unet encoder stem: deep (three 3x3 convs) or classic (one 7x7 conv)",
+    "activation": "in the encoder and the decoder: relu (the classic UNet's) or silu",
+    "drop_path": "resnet34_unet stochastic depth: the last encoder block's rate; 0 turns it off",
+    "deep_supervision": "also train a 1x1 head on each decoder block but the last (loss x0.5)",
+    "image_size": "square training size in pixels; evaluate and predict use it too",
+    "epochs": "total number of epochs, counting resumed ones",
+    "batch_size": "images per batch and process (torchrun: a step takes batch_size x processes)",
+    "learning_rate": "peak learning rate of the schedule, at most 1",
+    "weight_decay": "weight decay, at most 1",
+    "warmup_epochs": "epochs of rising rate: the cosine schedule's linear warmup (default 1) "
+    "or the onecycle schedule's rise (default 30%% of the steps)",
+    "clip_grad": "clip the gradients' global L2 norm to MAX_NORM before each step; 0 = never",
+    "loss": "bce, soft Dice (per image), or their sum",
+    "optimizer": "adamw = Adam with decoupled weight decay",
+    "scheduler": "learning rate per step: constant; cosine (linear warmup, then decay to 1%% "
+    "of the peak); onecycle (torch's OneCycleLR curve)",
+    "augment": "lab: the lab report's resize to 1.12x, random crop and flip; flip: the whole "
+    "image, flipped; strong: the whole image, flipped, scaled, rotated, shifted, colour jitter",
+    "tune_threshold": "after training, store the threshold (0.3-0.7) best on the valid split",
+    "no_tune_threshold": "keep the threshold at 0.5",
+    "seed": f"random seed (default {flag_default('seed')})",
+}
+RECIPE_HELP = (
+    "defaults: the model type's preset (why: docs/experiments.md), or a resumed run's own. The "
+    "lab report's recipe is --loss bce --optimizer adam --weight_decay 0 --scheduler constant "
+    "--learning-rate 1e-4 --augment lab --clip_grad 0"
+)
+EXPORT_HELP = (
+    "Write ONNX (images (N, 3, H, W) in, logits (N, 1, H, W) out, metadata) once ONNX Runtime "
+    "matches PyTorch at two sizes (logits within 1e-3, masks equal away from the threshold); "
+    "else nothing is written, exit 2. Needs petseg[onnx]."
+)
+SERVE_HELP = (
+    "A page (drop a photo: mask, overlay, cut-out) and its API: POST /predict with the image as "
+    "the body answers the mask PNG (?output=overlay|cutout); GET /health. docs/use-a-model.md."
+)
 
 
-def _number(kind: Callable[[str], Any], minimum: float, strict: bool = False) -> Callable:
-    def parse(text: str) -> Any:
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line pointing at the command's --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+        self.commands: dict[str, Parser] = {}  # the subcommands' parsers, by name
+        self._subparsers_action: Any = None
+
+    def add_command(self, name: str, help: str, run: Callable, **kwargs: Any) -> Parser:
+        """The parser of a subcommand that calls `run` (kept in `commands` for its errors)."""
+        if self._subparsers_action is None:
+            self._subparsers_action = self.add_subparsers(dest="command", metavar="COMMAND")
+        self.commands[name] = self._subparsers_action.add_parser(name, help=help, **kwargs)
+        self.commands[name].set_defaults(run=run)
+        return self.commands[name]
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+@dataclass(frozen=True)
+class Number:
+    """A flag's int or float, refused when not finite or outside LIMITS[name] (if any)."""
+
+    kind: type
+    name: str = ""
+
+    def __call__(self, text: str) -> Any:
         try:
-            value = kind(text)
+            value = self.kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if value < minimum or (strict and value == minimum):
-            relation = ">" if strict else ">="
-            raise argparse.ArgumentTypeError(f"must be {relation} {minimum}, got {text}")
+            message = f"{text!r} is not a valid {self.kind.__name__}"
+            raise argparse.ArgumentTypeError(message) from None
+        problem = LIMITS.get(self.name, Bounds(-math.inf)).problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
         return value
 
-    parse.__name__ = kind.__name__
-    return parse
 
-
-positive_int = _number(int, 1)
-positive_float = _number(float, 0.0, strict=True)
-MAX_GALLERY = 100  # rows of one contact sheet; more would exceed what a PNG viewer shows well
-
-
-def _gallery_size(text: str) -> int:
-    value = positive_int(text)
-    if value > MAX_GALLERY:
-        raise argparse.ArgumentTypeError(f"must be <= {MAX_GALLERY}, got {text}")
-    return value
-
-
-def _workers(text: str) -> int | None:
+def workers(text: str) -> int | None:
     """--num_workers: a count, or auto (None) for petseg.data.loading.resolve_num_workers."""
     if text == "auto":
         return None
@@ -92,693 +145,214 @@ def _workers(text: str) -> int | None:
     return int(text)
 
 
-def _fraction(text: str, zero: bool) -> float:
-    """A float below 1, above 0 (or from 0 with `zero`)."""
+def widths(text: str) -> tuple[int, ...]:
     try:
-        value = float(text)
+        values = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a valid float") from None
-    above = value >= 0.0 if zero else value > 0.0
-    if not above or value >= 1.0:
-        bounds = ">= 0 and < 1" if zero else "between 0 and 1 (exclusive)"
-        raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    return _fraction(text, zero=False)
-
-
-def _drop_rate(text: str) -> float:
-    return _fraction(text, zero=True)
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of ints"
-        ) from None
-    if any(width < 2 or width % 2 for width in widths):
+        message = f"{text!r} is not a comma-separated list of ints"
+        raise argparse.ArgumentTypeError(message) from None
+    if any(width < 2 or width % 2 for width in values):
         raise argparse.ArgumentTypeError(f"widths must be even numbers >= 2, got {text}")
-    return widths
+    return values
 
 
-def _flag(parser: argparse.ArgumentParser, name: str, *extra: str, **kwargs: Any) -> None:
-    """Add --name with both spellings, e.g. --data_path and --data-path."""
+def flag(parser: Any, name: str, *extra: str, **kwargs: Any) -> None:
+    """Add --name with both spellings (--data_path, --data-path); its help from HELP unless
+    given, with the presets' default where they set one."""
     spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}", *extra])
-    parser.add_argument(*spellings, dest=name, **kwargs)
+    help = kwargs.pop("help", HELP.get(name, ""))
+    preset = preset_default(name) if "default" not in kwargs else ""
+    kwargs.setdefault("dest", name)
+    parser.add_argument(*spellings, help=f"{help} ({preset})" if preset else help, **kwargs)
 
 
-def _add_precision_flag(parser: argparse.ArgumentParser, default: str) -> None:
-    _flag(
-        parser,
-        "precision",
-        choices=PRECISIONS,
-        default=default,
-        help="autocast precision: auto = bf16 on GPUs and CPUs with native bf16, fp16 on older "
-        f"GPUs, else fp32 (default {default})",
-    )
+def switch(parser: Any, name: str, **kwargs: Any) -> None:
+    """An on/off flag; `petseg train`'s default to not given (None)."""
+    flag(parser, name, action="store_const", const=True, **{"default": None, **kwargs})
 
 
-def _add_largest_component_flag(parser: argparse.ArgumentParser) -> None:
-    _flag(
-        parser,
-        "largest_component",
-        action="store_true",
-        help="keep only the largest connected pet region of each mask, dropping stray specks "
-        "(on a photo of two pets it drops the smaller one)",
-    )
+def preset_default(name: str) -> str:
+    """'default 50', or per model type 'default: unet 8, resnet34_unet 4'; '' for a flag the
+    presets do not set."""
+    part, field_name = TRAIN_FLAGS.get(name, ("", ""))
+    if part not in ("model", "recipe") or name == "warmup_epochs":  # its default is the schedule's
+        return ""
+    values = {
+        model_type: shown(getattr(getattr(preset, part), field_name))
+        for model_type, preset in PRESETS.items()
+        if hasattr(getattr(preset, part), field_name)
+    }
+    if len(values) == len(PRESETS) and len(set(values.values())) == 1:
+        return f"default {next(iter(values.values()))}"
+    return "default: " + ", ".join(f"{model_type} {value}" for model_type, value in values.items())
 
 
-def _add_tta_flag(parser: argparse.ArgumentParser) -> None:
-    _flag(
-        parser,
-        "tta",
-        action="store_true",
-        help="test-time augmentation: average the probabilities of each image and its "
-        "horizontal mirror (twice the compute)",
-    )
-
-
-def _add_runtime_flags(
-    parser: argparse.ArgumentParser, batch_size: int | None, batch_help: str
+def add_data_flags(
+    parser: Any, default: Path | None = DEFAULT_DATA_PATH, said: Path | None = DEFAULT_DATA_PATH
 ) -> None:
-    _flag(parser, "batch_size", type=positive_int, default=batch_size, help=batch_help)
-    _flag(
-        parser,
-        "num_workers",
-        type=_workers,
-        default=None,
-        metavar="N",
-        help="data loading processes, or auto (the default): 0 when training on a CPU from the "
-        f"decoded-image cache, else {DEFAULT_NUM_WORKERS}",
-    )
-    _flag(
-        parser,
-        "device",
-        choices=DEVICES,
-        default="auto",
-        help="auto = CUDA when available, else CPU (default auto)",
-    )
+    """--data_path (its default `said` in the help), --download and --mirror."""
+    help = HELP["data_path"] + (f" (default {said})" if said else "")
+    flag(parser, "data_path", type=Path, default=default, help=help)
+    flag(parser, "download", action="store_true")
+    flag(parser, "mirror", metavar="URL", default=None)
 
 
-def _add_skip_bad_flag(parser: argparse.ArgumentParser) -> None:
-    _flag(
-        parser,
-        "skip_bad",
-        action="store_true",
-        help="leave out samples that cannot be used (missing, undecodable, mismatched) with a "
-        "warning each, instead of stopping before the run starts",
-    )
+def add_runtime_flags(parser: Any, default: str | None = "auto") -> None:
+    """Where and how the model runs."""
+    flag(parser, "device", choices=choices.DEVICES, default=default)
+    flag(parser, "precision", choices=choices.PRECISIONS, default=default)
+    switch(parser, "compile")
+    flag(parser, "num_workers", type=workers, metavar="N", default=None)
 
 
-def _add_compile_flag(parser: argparse.ArgumentParser, what: str) -> None:
-    _flag(
-        parser,
-        "compile",
-        action="store_true",
-        help=f"torch.compile the model for {what}. On a 2-core CPU (ResNet34-UNet, 128 px) "
-        "training was no faster and inference 1.3x, after 20-60 s of compiling at the start "
-        "(docs/speed.md)",
+def add_inference_flags(parser: Parser) -> None:
+    """What evaluate and predict share: the threshold, post-processing, how the model runs."""
+    flag(parser, "threshold", type=Number(float, "threshold"), default=None)
+    flag(parser, "tta", action="store_true")
+    flag(parser, "largest_component", action="store_true")
+    checked = "checked against the checkpoint's"
+    flag(parser, "model_type", choices=choices.MODEL_TYPES, default=None, help=checked)
+    add_runtime_flags(parser)
+    batch, size = (
+        Number(int, "batch_size"),
+        f"images per batch (default {INFERENCE_BATCH_SIZE})",
     )
+    flag(parser, "batch_size", type=batch, default=INFERENCE_BATCH_SIZE, help=size)
 
 
-def _add_cache_flags(parser: argparse.ArgumentParser) -> None:
-    _flag(
-        parser,
-        "no_cache",
-        action="store_true",
-        help="decode every image every epoch instead of reading the train and valid splits from "
-        "the decoded-image cache (images decoded and resized once, kept as uint8 .npy files)",
-    )
-    _flag(
-        parser,
-        "cache_dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="where the decoded-image cache goes (default DATA_PATH/.petseg-cache, or "
-        "~/.cache/petseg when the data folder is read-only); rebuilt when the size or the files "
-        "change, safe to delete",
-    )
+def add_train_flags(parser: Parser) -> None:
+    """Where the run goes and how this process runs it; then the model and the recipe."""
+    add_data_flags(parser, default=None)
+    flag(parser, "model_path", type=Path)
+    add_runtime_flags(parser, default=None)
+    switch(parser, "skip_bad")
+    flag(parser, "no_cache", action="store_const", const=False, dest="cache")
+    flag(parser, "cache_dir", type=Path, metavar="DIR")
+    flag(parser, "print_config", action="store_true")
+    group = parser.add_argument_group("torchrun", "under torchrun only")
+    flag(group, "dist_backend", choices=choices.DIST_BACKENDS, default="auto")
+    timeout = Number(float, "dist_timeout")
+    flag(group, "dist_timeout", type=timeout, default=DIST_TIMEOUT_S, metavar="SECONDS")
+    flag(group, "sync_batchnorm", action="store_true")
+    add_model_flags(parser.add_argument_group("model", "a resumed run keeps its own"))
+    add_recipe_flags(parser.add_argument_group("recipe", RECIPE_HELP))
 
 
-def _add_data_flags(
-    parser: argparse.ArgumentParser, default: Path | None, download_flag: bool = True
-) -> None:
-    _flag(
-        parser,
-        "data_path",
-        type=Path,
-        default=default,
-        help=(
-            "dataset folder with images/ and annotations/; downloaded when it is the default "
-            "folder, or is empty, or with --download"
-            if download_flag
-            else "folder to download the dataset into (what it already holds is kept)"
-        )
-        + (f" (default {default})" if default else ""),
-    )
-    if download_flag:
-        _flag(
-            parser,
-            "download",
-            action="store_true",
-            help="download what the dataset at --data_path lacks (about 800 MB) into that folder, "
-            "whatever its name",
-        )
-    _flag(
-        parser,
-        "mirror",
-        default=None,
-        metavar="URL",
-        help="base URL serving images.tar.gz and annotations.tar.gz instead of Oxford's",
-    )
+def add_model_flags(group: Any) -> None:
+    """The architecture: petseg.config.UNetConfig or ResNet34UNetConfig."""
+    flag(group, "model_type", choices=choices.MODEL_TYPES)
+    flag(group, "unet_widths", type=widths, metavar="W1,W2,...")
+    flag(group, "unet_upsample", choices=choices.UPSAMPLES)
+    flag(group, "decoder_widths", type=widths, metavar="W1,...,W5")
+    flag(group, "stem", choices=choices.STEMS)
+    flag(group, "activation", choices=choices.ACTIVATIONS)
+    flag(group, "drop_path", type=Number(float, "drop_path"), metavar="RATE")
+    switch(group, "deep_supervision")
 
 
-def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags for `torchrun ... -m petseg train`; a single process ignores them."""
-    _flag(
-        parser,
-        "dist_backend",
-        choices=DIST_BACKENDS,
-        default="auto",
-        help="under torchrun: auto = nccl on CUDA, gloo on CPU (default auto)",
-    )
-    _flag(
-        parser,
-        "dist_timeout",
-        type=positive_float,
-        default=DIST_TIMEOUT_S,
-        metavar="SECONDS",
-        help="under torchrun: how long to wait for the other processes to join, and in any "
-        f"collective step, before failing (default {DIST_TIMEOUT_S:g})",
-    )
-    _flag(
-        parser,
-        "sync_batchnorm",
-        action="store_true",
-        help="under torchrun on GPUs: BatchNorm statistics over the whole batch of all processes",
-    )
+def add_recipe_flags(group: Any) -> None:
+    """How the model learns: petseg.config.RecipeConfig."""
+    flag(group, "image_size", type=Number(int, "image_size"), metavar="PIXELS")
+    flag(group, "epochs", type=Number(int, "epochs"), metavar="N")
+    flag(group, "batch_size", type=Number(int, "batch_size"), metavar="N")
+    flag(group, "learning_rate", "-lr", type=Number(float, "learning_rate"), metavar="RATE")
+    flag(group, "weight_decay", type=Number(float, "weight_decay"), metavar="DECAY")
+    flag(group, "warmup_epochs", type=Number(float, "warmup_epochs"), metavar="EPOCHS")
+    flag(group, "clip_grad", type=Number(float, "clip_grad"), metavar="MAX_NORM")
+    flag(group, "loss", choices=choices.LOSSES)
+    flag(group, "optimizer", choices=choices.OPTIMIZERS)
+    flag(group, "scheduler", choices=choices.SCHEDULERS)
+    flag(group, "augment", choices=choices.AUGMENTS)
+    switch(group, "tune_threshold")
+    flag(group, "no_tune_threshold", action="store_const", const=False, dest="tune_threshold")
+    flag(group, "seed", type=Number(int))
 
 
-def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
-    """The training recipe (config.RecipeConfig); the lab report's is `--loss bce --optimizer
-    adam --weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab --clip_grad 0`."""
-    recipe = parser.add_argument_group(
-        "recipe",
-        "petseg's default recipe; the lab report's is --loss bce --optimizer adam "
-        "--weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab --clip_grad 0",
-    )
-    _flag(
-        recipe,
-        "loss",
-        choices=LOSSES,
-        default=RECIPE.loss,
-        help=f"bce, soft Dice (per image), or their sum (default {RECIPE.loss})",
-    )
-    _flag(
-        recipe,
-        "optimizer",
-        choices=OPTIMIZERS,
-        default=RECIPE.optimizer,
-        help=f"adamw = Adam with decoupled weight decay (default {RECIPE.optimizer})",
-    )
-    _flag(
-        recipe,
-        "weight_decay",
-        type=_number(float, 0.0),
-        default=RECIPE.weight_decay,
-        help=f"weight decay (default {RECIPE.weight_decay:g})",
-    )
-    _flag(
-        recipe,
-        "scheduler",
-        choices=SCHEDULERS,
-        default=RECIPE.scheduler,
-        help="learning rate per step: constant; cosine (linear warmup, then cosine decay to 1%% "
-        "of the peak); onecycle (torch's OneCycleLR curve, warmup over 30%% of the steps unless "
-        "--warmup_epochs says otherwise) "
-        f"(default {RECIPE.scheduler})",
-    )
-    _flag(
-        recipe,
-        "warmup_epochs",
-        type=_number(float, 0.0),
-        default=RECIPE.warmup_epochs,
-        help="epochs of rising rate: the cosine schedule's linear warmup (default "
-        f"{COSINE_WARMUP_EPOCHS:g}) or the onecycle schedule's rise to its peak (default 30%% "
-        "of the training)",
-    )
-    _flag(
-        recipe,
-        "augment",
-        choices=AUGMENTS,
-        default=RECIPE.augment,
-        help="lab: the lab report's resize to 1.12x, random crop and flip; flip: the whole image, "
-        "flipped half the time; strong: the whole image, flipped, randomly scaled, rotated and shifted, and "
-        "colour jitter "
-        "(default: "
-        + ", ".join(f"{level} for {model}" for model, level in DEFAULT_AUGMENT.items())
-        + ")",
-    )
-    _flag(
-        recipe,
-        "clip_grad",
-        type=_number(float, 0.0),
-        default=RECIPE.clip_grad,
-        metavar="MAX_NORM",
-        help="scale the gradients down so that their global L2 norm is at most MAX_NORM before "
-        "each optimizer step; 0 = no clipping (default: "
-        + ", ".join(f"{norm:g} for {model}" for model, norm in DEFAULT_CLIP_GRAD.items())
-        + ")",
-    )
-    recipe.add_argument(
-        "--tune_threshold",
-        "--tune-threshold",
-        dest="tune_threshold",
-        action="store_true",
-        default=RECIPE.tune_threshold,
-        help="after training, store in the checkpoint the decision threshold (0.30-0.70) that "
-        "scores best on the valid split; evaluate and predict use it (default off: on a "
-        "small valid split the choice is noise)",
-    )
-    recipe.add_argument(
-        "--no_tune_threshold",
-        "--no-tune-threshold",
-        dest="tune_threshold",
-        action="store_false",
-        help="keep the threshold at 0.5 (the default)",
-    )
+def add_evaluate_flags(parser: Parser) -> None:
+    flag(parser, "model_path", type=Path, required=True, help="checkpoint to evaluate")
+    add_data_flags(parser)
+    flag(parser, "split", choices=choices.SPLITS, help="split to score (default test)")
+    scores = "also write the scores and per-image Dice as JSON"
+    flag(parser, "output", type=Path, metavar="FILE.json", help=scores)
+    worst = "also draw the N worst images (by per-image Dice) as a PNG contact sheet"
+    flag(parser, "gallery", type=Number(int, "gallery"), metavar="N", help=worst)
+    where = "where --gallery goes (default beside --output, else beside the checkpoint)"
+    flag(parser, "gallery_path", type=Path, metavar="FILE.png", help=where)
+    add_inference_flags(parser)
+    flag(parser, "skip_bad", action="store_true")
+    parser.set_defaults(**config_defaults(EvaluateConfig))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="petseg",
-        description="Pet vs background segmentation on Oxford-IIIT Pet (UNet, ResNet34-UNet).",
-        allow_abbrev=False,
-    )
+def add_predict_flags(parser: Parser) -> None:
+    inputs = "image files or folders (default: the split of --data_path)"
+    parser.add_argument("inputs", nargs="*", type=Path, metavar="PATH", help=inputs)
+    flag(parser, "model_path", type=Path, required=True, help="checkpoint, or .onnx from export")
+    backend = "default: onnxruntime for a .onnx file (needs petseg[onnx]), else torch"
+    flag(parser, "backend", choices=choices.BACKENDS, default=None, help=backend)
+    add_data_flags(parser, default=None, said=None)
+    flag(parser, "split", choices=choices.SPLITS, help="without PATH: this split (default test)")
+    save_dir = "folder for the masks, never an input folder (default predictions)"
+    flag(parser, "save_dir", type=Path, help=save_dir)
+    flag(parser, "overlay", action="store_true", dest="overlays", help="also NAME_overlay.png")
+    flag(parser, "cutout", action="store_true", dest="cutouts", help="also NAME_cutout.png (RGBA)")
+    skip_bad = "leave out unreadable images with a warning each instead of stopping"
+    flag(parser, "skip_bad", action="store_true", help=skip_bad)
+    add_inference_flags(parser)
+    group = parser.add_argument_group("at scale", "any number of images (docs/use-a-model.md)")
+    parts = "split the images into N parts by a hash of their names (default 1)"
+    flag(group, "num_parts", type=Number(int, "num_parts"), metavar="N", help=parts)
+    flag(group, "part_id", type=Number(int, "part_id"), metavar="K", help="this part, 0 to N-1")
+    flag(group, "skip_existing", action="store_true", help="rerun to continue where it stopped")
+    parser.set_defaults(**config_defaults(PredictConfig))
+
+
+def add_serve_flags(parser: Parser) -> None:
+    flag(parser, "model_path", type=Path, required=True, help="checkpoint, or .onnx from export")
+    host = "address to listen on: 127.0.0.1 (default) this machine only, 0.0.0.0 the network"
+    flag(parser, "host", default="127.0.0.1", help=host)
+    port = "port to listen on, 0 for any free one (default 8000)"
+    flag(parser, "port", type=Number(int, "port"), default=8000, help=port)
+    flag(parser, "device", choices=choices.DEVICES, default="auto")
+    flag(parser, "precision", choices=choices.PRECISIONS, default="auto")
+    flag(parser, "tta", action="store_true")
+
+
+def add_export_flags(parser: Parser) -> None:
+    flag(parser, "model_path", type=Path, required=True, help="checkpoint to export")
+    output = "where the ONNX file goes (default MODEL_PATH with the suffix .onnx)"
+    flag(parser, "output", type=Path, metavar="FILE.onnx", help=output)
+    parity_data = "check parity on this dataset's test images (default: on random inputs)"
+    flag(parser, "data_path", type=Path, help=parity_data)
+    parity = f"images (or random inputs) the parity check runs (default {PARITY_IMAGES})"
+    count = Number(int, "parity_images")
+    flag(parser, "parity_images", type=count, default=PARITY_IMAGES, metavar="N", help=parity)
+
+
+def config_defaults(kind: type) -> dict[str, Any]:
+    return {item.name: item.default for item in fields(kind) if item.default is not MISSING}
+
+
+def build_parser() -> Parser:
+    description = "Pet vs background segmentation on Oxford-IIIT Pet (UNet, ResNet34-UNet)."
+    parser = Parser(prog="petseg", description=description)
     parser.add_argument("--version", action="version", version=f"petseg {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    download = commands.add_parser(
-        "download", help="download and extract the dataset", allow_abbrev=False
-    )
-    _add_data_flags(download, DEFAULT_DATA_PATH, download_flag=False)
-
-    check = commands.add_parser(
-        "check", help="scan the dataset for unusable or unusual files", allow_abbrev=False
-    )
-    _flag(
-        check,
-        "data_path",
-        type=Path,
-        default=DEFAULT_DATA_PATH,
-        help=f"dataset folder to scan (default {DEFAULT_DATA_PATH})",
-    )
-
-    train = commands.add_parser(
-        "train", help="train a model (resumes when --model_path exists)", allow_abbrev=False
-    )
-    _add_data_flags(train, DEFAULT_DATA_PATH)
-    _flag(
-        train,
-        "model_type",
-        choices=MODEL_TYPES,
-        default=None,
-        help="architecture (default unet; when resuming, the checkpoint's)",
-    )
-    _flag(
-        train,
-        "model_path",
-        type=Path,
-        default=None,
-        help="best checkpoint; NAME.last.pt and NAME.history.csv go beside it "
-        "(default runs/MODEL_TYPE.pt)",
-    )
-    _flag(
-        train,
-        "epochs",
-        type=positive_int,
-        default=DEFAULTS.epochs,
-        help=f"total number of epochs, counting resumed ones (default {DEFAULTS.epochs})",
-    )
-    _flag(
-        train,
-        "learning_rate",
-        "--learning-rate",
-        "-lr",
-        type=positive_float,
-        default=None,
-        help="peak learning rate of the schedule (the lab report used 1e-4, constant; default: "
-        + ", ".join(f"{rate:g} for {model}" for model, rate in DEFAULT_LEARNING_RATE.items())
-        + "; a resumed run keeps its own)",
-    )
-    _flag(
-        train,
-        "image_size",
-        type=_number(int, 32),
-        default=DEFAULTS.data.image_size,
-        help=f"square training size in pixels (default {DEFAULTS.data.image_size})",
-    )
-    _flag(
-        train,
-        "seed",
-        type=int,
-        default=DEFAULTS.seed,
-        help=f"random seed (default {DEFAULTS.seed})",
-    )
-    _flag(
-        train,
-        "unet_widths",
-        type=_widths,
-        default=DEFAULT_UNET_WIDTHS,
-        metavar="W1,W2,...",
-        help=f"unet channel widths per level (default {','.join(map(str, DEFAULT_UNET_WIDTHS))})",
-    )
-    _flag(
-        train,
-        "unet_upsample",
-        choices=UNET_UPSAMPLES,
-        default=None,
-        help="unet decoder upsampling: nearest (a nearest-neighbour resize keeping the channels) "
-        "or transpose (ConvTranspose2d halving them, the classic UNet's); default "
-        f"{DEFAULT_UNET_UPSAMPLE}",
-    )
-    _flag(
-        train,
-        "decoder_widths",
-        type=_widths,
-        default=None,
-        metavar="W1,...,W5",
-        help="resnet34_unet decoder block widths, deepest first (default "
-        f"{','.join(map(str, DEFAULT_DECODER_WIDTHS))})",
-    )
-    _flag(
-        train,
-        "stem",
-        choices=STEMS,
-        default=None,
-        help="resnet34_unet encoder stem: deep (three 3x3 convs, default) or classic (one 7x7 "
-        "conv, as in torchvision and smp)",
-    )
-    _flag(
-        train,
-        "activation",
-        choices=ACTIVATIONS,
-        default=None,
-        help="activation in the encoder and the decoder: relu (the classic UNet's, torchvision's "
-        f"and smp's) or silu; default {DEFAULT_ACTIVATION} for resnet34_unet, "
-        f"{DEFAULT_UNET_ACTIVATION} for unet",
-    )
-    _flag(
-        train,
-        "drop_path",
-        type=_drop_rate,
-        default=None,
-        metavar="RATE",
-        help="resnet34_unet: stochastic depth in the encoder, the probability of skipping the "
-        "last residual block's branch per image in training (0 at the first block, linear in "
-        f"between; default {DEFAULT_DROP_PATH}, 0 turns it off)",
-    )
-    train.add_argument(
-        "--deep_supervision",
-        "--deep-supervision",
-        action="store_true",
-        help="also train a 1x1 head on each decoder block but the last (their loss weighs "
-        "0.5); inference uses only the main head",
-    )
-    _add_recipe_flags(train)
-    _add_precision_flag(train, DEFAULTS.precision)
-    _add_compile_flag(train, "training")
-    _add_skip_bad_flag(train)
-    _add_cache_flags(train)
-    _add_runtime_flags(
-        train,
-        None,
-        "images per batch and process: under torchrun each step uses batch_size x processes "
-        "(default: "
-        + ", ".join(f"{size} for {model}" for model, size in DEFAULT_BATCH_SIZE.items())
-        + ")",
-    )
-    _add_distributed_flags(train)
-
-    evaluate = commands.add_parser(
-        "evaluate", help="score a checkpoint on a split", allow_abbrev=False
-    )
-    _flag(evaluate, "model_path", type=Path, required=True, help="checkpoint to evaluate")
-    _add_data_flags(evaluate, DEFAULT_DATA_PATH)
-    _flag(evaluate, "split", choices=SPLITS, default="test", help="split to score (default test)")
-    _flag(
-        evaluate,
-        "output",
-        type=Path,
-        default=None,
-        metavar="FILE.json",
-        help="also write the scores and per-image Dice as JSON",
-    )
-    _flag(
-        evaluate,
-        "gallery",
-        type=_gallery_size,
-        default=0,
-        metavar="N",
-        help=f"also draw the N worst images (by per-image Dice, N <= {MAX_GALLERY}) as a PNG "
-        "contact sheet: image, ground truth, prediction, error map",
-    )
-    _flag(
-        evaluate,
-        "gallery_path",
-        type=Path,
-        default=None,
-        metavar="FILE.png",
-        help="where --gallery goes (default OUTPUT_STEM.gallery.png beside --output, "
-        "else NAME.SPLIT.gallery.png beside the checkpoint)",
-    )
-    _flag(
-        evaluate,
-        "threshold",
-        type=_probability,
-        default=None,
-        help="probability threshold (default: the checkpoint's, tuned on the valid split when "
-        "trained with --tune_threshold, else 0.5)",
-    )
-    _add_tta_flag(evaluate)
-    _add_largest_component_flag(evaluate)
-    _add_precision_flag(evaluate, "auto")
-    _flag(
-        evaluate,
-        "model_type",
-        choices=MODEL_TYPES,
-        default=None,
-        help="optional: checked against the checkpoint's",
-    )
-    _add_compile_flag(evaluate, "inference")
-    _add_skip_bad_flag(evaluate)
-    _add_runtime_flags(
-        evaluate, INFERENCE_BATCH_SIZE, f"images per batch (default {INFERENCE_BATCH_SIZE})"
-    )
-
-    predict = commands.add_parser(
-        "predict",
-        help="write PNG masks (and overlays, cut-outs) for images or a split",
-        allow_abbrev=False,
-    )
-    predict.add_argument(
-        "inputs",
-        nargs="*",
-        type=Path,
-        metavar="PATH",
-        help="image files or folders (default: the split of --data_path)",
-    )
-    _flag(
-        predict,
-        "model_path",
-        type=Path,
-        required=True,
-        help="checkpoint to use, or a .onnx file from petseg export",
-    )
-    _flag(
-        predict,
-        "backend",
-        choices=BACKENDS,
-        default=None,
-        help="what runs the model: torch (a checkpoint) or onnxruntime (a .onnx file, needs "
-        'pip install "petseg[onnx]"); default: onnxruntime for a .onnx file, else torch',
-    )
-    _add_data_flags(predict, None)
-    _flag(
-        predict,
-        "split",
-        choices=SPLITS,
-        default="test",
-        help="split of --data_path to predict when no PATH is given (default test)",
-    )
-    _flag(
-        predict,
-        "save_dir",
-        type=Path,
-        default=Path("predictions"),
-        help="folder for the masks; never an input folder (default predictions)",
-    )
-    _flag(
-        predict,
-        "threshold",
-        type=_probability,
-        default=None,
-        help="probability threshold (default: the checkpoint's, tuned on the valid split when "
-        "trained with --tune_threshold, else 0.5)",
-    )
-    _flag(
-        predict,
-        "overlay",
-        action="store_true",
-        help="also write NAME_overlay.png: the image with the predicted pet tinted",
-    )
-    _flag(
-        predict,
-        "cutout",
-        action="store_true",
-        help="also write NAME_cutout.png: RGBA, the pet on a transparent background",
-    )
-    _flag(
-        predict,
-        "skip_bad",
-        action="store_true",
-        help="leave out images that cannot be read (not an image, truncated, or missing from "
-        "the split) with a warning each, instead of stopping at the first",
-    )
-    _add_tta_flag(predict)
-    _add_largest_component_flag(predict)
-    _add_precision_flag(predict, "auto")
-    _flag(
-        predict,
-        "model_type",
-        choices=MODEL_TYPES,
-        default=None,
-        help="optional: checked against the checkpoint's",
-    )
-    _add_compile_flag(predict, "inference")
-    _add_runtime_flags(
-        predict, INFERENCE_BATCH_SIZE, f"images per batch (default {INFERENCE_BATCH_SIZE})"
-    )
-    _add_scale_flags(predict)
-    _add_serve_parser(commands)
-
-    export = commands.add_parser(
-        "export",
-        help="write a checkpoint's model as ONNX (dynamic batch, height, width) after a parity "
-        "check against PyTorch",
-        description="Export to ONNX (input 'images' (N, 3, H, W) float32, normalized as the "
-        "checkpoint says; output 'logits' (N, 1, H, W)), with the image size, normalization, "
-        "threshold and model type in the file's metadata. Before writing, ONNX Runtime is run "
-        "against PyTorch (fp32) at the checkpoint's image size and at an odd non-square size: "
-        "parity holds when max |logit diff| <= 1e-3 and the masks at the threshold agree at "
-        "every pixel whose probability is more than 1e-3 from the threshold. Otherwise nothing "
-        'is written and the exit code is 2. Needs pip install "petseg[onnx]".',
-        allow_abbrev=False,
-    )
-    _flag(export, "model_path", type=Path, required=True, help="checkpoint to export")
-    _flag(
-        export,
-        "output",
-        type=Path,
-        default=None,
-        metavar="FILE.onnx",
-        help="where the ONNX model goes (default MODEL_PATH with the suffix .onnx)",
-    )
-    _flag(
-        export,
-        "data_path",
-        type=Path,
-        default=None,
-        help="check parity on test-split images of this dataset (default: on random inputs)",
-    )
-    _flag(
-        export,
-        "parity_images",
-        type=positive_int,
-        default=PARITY_IMAGES,
-        metavar="N",
-        help=f"how many images (or random inputs) the parity check runs (default {PARITY_IMAGES})",
-    )
+    download = parser.add_command("download", "download and extract the dataset", run_download)
+    into = f"folder to download into, keeping what it holds (default {DEFAULT_DATA_PATH})"
+    flag(download, "data_path", type=Path, default=DEFAULT_DATA_PATH, help=into)
+    flag(download, "mirror", metavar="URL", default=None)
+    check = parser.add_command("check", "scan the dataset for unusable files", run_check)
+    flag(check, "data_path", type=Path, default=DEFAULT_DATA_PATH, help="dataset folder to scan")
+    train = "train a model (resumes when --model_path exists)"
+    add_train_flags(parser.add_command("train", train, run_train))
+    evaluate = "score a checkpoint on a split"
+    add_evaluate_flags(parser.add_command("evaluate", evaluate, run_evaluate))
+    predict = "write PNG masks (and overlays, cut-outs) for images or a split"
+    add_predict_flags(parser.add_command("predict", predict, run_predict))
+    serve = "a local web page and HTTP API that segment the photos you drop on it"
+    add_serve_flags(parser.add_command("serve", serve, run_serve, description=SERVE_HELP))
+    export = "write a checkpoint's model as ONNX after a parity check"
+    add_export_flags(parser.add_command("export", export, run_export, description=EXPORT_HELP))
     return parser
-
-
-def _add_scale_flags(predict: argparse.ArgumentParser) -> None:
-    """predict over folders of any size: split across processes or machines, and resume."""
-    _flag(
-        predict,
-        "num_parts",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="split the images into N parts by a hash of their names, one per process or "
-        "machine (default 1); see docs/use-a-model.md",
-    )
-    _flag(
-        predict,
-        "part_id",
-        type=_number(int, 0),
-        default=0,
-        metavar="K",
-        help="which part this process predicts, 0 to N-1 (default 0)",
-    )
-    _flag(
-        predict,
-        "skip_existing",
-        action="store_true",
-        help="leave alone the images whose outputs all exist in --save_dir: rerun an "
-        "interrupted command with it to continue where it stopped",
-    )
-
-
-def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
-    serve = commands.add_parser(
-        "serve",
-        help="a local web page and HTTP API that segment the photos you drop on it",
-        description="Serve a page (pick or drop a photo: mask, overlay and cut-out) and its "
-        "API: POST /predict with the image file as the body answers the mask PNG "
-        "(?output=overlay or ?output=cutout for the others); GET /health describes the "
-        "model. See docs/use-a-model.md.",
-        allow_abbrev=False,
-    )
-    _flag(
-        serve,
-        "model_path",
-        type=Path,
-        required=True,
-        help="checkpoint to serve, or a .onnx file from petseg export",
-    )
-    _flag(
-        serve,
-        "host",
-        default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it "
-        "to the network)",
-    )
-    _flag(
-        serve,
-        "port",
-        type=_number(int, 0),
-        default=8000,
-        help="port to listen on, 0 for any free one (default 8000)",
-    )
-    _flag(serve, "device", choices=DEVICES, default="auto", help="auto = CUDA when available")
-    _add_precision_flag(serve, "auto")
-    _add_tta_flag(serve)
-
-
-def run_serve(args: argparse.Namespace) -> None:
-    from petseg.segmenter import Segmenter
-    from petseg.serve import serve
-
-    if not 0 <= args.port <= 65535:
-        raise PetsegError(f"--port must be from 0 to 65535, got {args.port}")
-    segmenter = Segmenter.load(args.model_path, args.device, args.precision, args.tta)
-    serve(segmenter, args.host, args.port)
 
 
 def run_download(args: argparse.Namespace) -> None:
@@ -797,201 +371,84 @@ def run_check(args: argparse.Namespace) -> int:
     return check_dataset(args.data_path)
 
 
-def _model_kwargs(
-    model_type: str,
-    unet_widths: tuple[int, ...],
-    decoder_widths: tuple[int, ...] | None,
-    deep_supervision: bool = False,
-    stem: str | None = None,
-    activation: str | None = None,
-    drop_path: float | None = None,
-    unet_upsample: str | None = None,
-) -> dict[str, Any]:
-    """Constructor arguments for the chosen model from the architecture flags."""
-    if model_type != "unet" and unet_upsample is not None:
-        raise PetsegError("--unet_upsample applies to --model_type unet only")
-    if model_type == "unet":
-        for given, flag in ((decoder_widths is not None, "--decoder_widths"),
-                            (stem is not None, "--stem"),
-                            (drop_path is not None, "--drop_path")):  # fmt: skip
-            if given:
-                raise PetsegError(f"{flag} applies to --model_type resnet34_unet only")
-        # the upsampling always (older checkpoints, which lack it, had transpose; see
-        # petseg.checkpoint.LEGACY_MODEL_KWARGS)
-        # the activation and deep supervision only when set, so checkpoints without them load
-        # as the classic ReLU UNet without auxiliary heads
-        return (
-            {"widths": list(unet_widths), "upsample": unet_upsample or DEFAULT_UNET_UPSAMPLE}
-            | ({"activation": activation} if activation is not None else {})
-            | ({"deep_supervision": True} if deep_supervision else {})
-        )
-    widths = DEFAULT_DECODER_WIDTHS if decoder_widths is None else decoder_widths
-    if len(widths) != len(DEFAULT_DECODER_WIDTHS):
-        raise PetsegError(
-            f"--decoder_widths needs {len(DEFAULT_DECODER_WIDTHS)} values (one per decoder block), "
-            f"got {len(widths)}: {','.join(map(str, widths))}"
-        )
-    # the stem, the activation and drop path always (older checkpoints, which lack them, had
-    # the 7x7 stem, ReLU or no drop path, see petseg.checkpoint.LEGACY_MODEL_KWARGS); deep
-    # supervision only when set, so checkpoints without it load as before
-    return {
-        "decoder_widths": list(widths),
-        "stem": stem or DEFAULT_STEM,
-        "activation": activation or DEFAULT_ACTIVATION,
-        "drop_path": DEFAULT_DROP_PATH if drop_path is None else drop_path,
-    } | ({"deep_supervision": True} if deep_supervision else {})
+def given_train_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The train flags given on the command line (all default to None: not given)."""
+    names = (*TRAIN_FLAGS, "model_type")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from petseg.config import ModelConfig
     from petseg.distributed import world_session
     from petseg.runlock import run_lock
-    from petseg.train import fit, resume_hint
+    from petseg.train import config_from_flags, fit
+    from petseg.train_state import resume_hint
 
-    model_type = args.model_type or "unet"
-    kwargs = _model_kwargs(
-        model_type,
-        args.unet_widths,
-        args.decoder_widths,
-        args.deep_supervision,
-        args.stem,
-        args.activation,
-        args.drop_path,
-        args.unet_upsample,
-    )
-    config = TrainConfig(
-        data=DataConfig(
-            args.data_path,
-            args.image_size,
-            args.num_workers,
-            args.mirror,
-            args.skip_bad,
-            cache=not args.no_cache,
-            cache_dir=args.cache_dir,
-        ),
-        model=ModelConfig(model_type, kwargs),
-        model_path=args.model_path or Path("runs") / f"{model_type}.pt",
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        device=args.device,
-        seed=args.seed,
-        precision=args.precision,
-        recipe=RecipeConfig(
-            loss=args.loss,
-            optimizer=args.optimizer,
-            weight_decay=args.weight_decay,
-            scheduler=args.scheduler,
-            warmup_epochs=args.warmup_epochs,
-            augment=args.augment,
-            clip_grad=args.clip_grad,
-            tune_threshold=args.tune_threshold,
-        ),
-        compile=args.compile,
-    )
+    settings = config_from_flags(given_train_flags(args))
+    if args.print_config:
+        print(json.dumps(to_plain(settings), indent=2))
+        return
     session = world_session(
-        args.device,
+        settings.device,
         backend=args.dist_backend,
         timeout_s=args.dist_timeout,
         sync_batchnorm=args.sync_batchnorm,
     )
     try:
-        with session as world, run_lock(config.model_path, enabled=world.is_main):
-            fit(config, model_type_given=args.model_type is not None, world=world)
+        with session as world, run_lock(settings.model_path, enabled=world.is_main):
+            fit(settings, world=world)
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (errors.Terminated): keep which
-        interrupt.args = (resume_hint(config.model_path),)
+        interrupt.args = (resume_hint(settings.model_path),)
         raise
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
     from petseg.evaluate import evaluate_checkpoint
 
-    evaluate_checkpoint(
-        args.model_path,
-        args.data_path,
-        split=args.split,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device_name=args.device,
-        mirror=args.mirror,
-        output=args.output,
-        skip_bad=args.skip_bad,
-        model_type=args.model_type,
-        tta=args.tta,
-        precision=args.precision,
-        gallery=args.gallery,
-        gallery_path=args.gallery_path,
-        threshold=args.threshold,
-        compile=args.compile,
-        largest_component=args.largest_component,
-    )
+    evaluate_checkpoint(EvaluateConfig(**config_values(EvaluateConfig, args)))
+
+
+def config_values(kind: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed flags that are fields of the dataclass."""
+    return {item.name: getattr(args, item.name) for item in fields(kind)}
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    from petseg.config import PredictConfig
     from petseg.predict import RESUME_HINT, predict
 
-    config = PredictConfig(
-        model_path=args.model_path,
-        inputs=tuple(args.inputs),
-        data_path=args.data_path,
-        split=args.split,
-        mirror=args.mirror,
-        save_dir=args.save_dir,
-        overlays=args.overlay,
-        cutouts=args.cutout,
-        threshold=args.threshold,
-        tta=args.tta,
-        largest_component=args.largest_component,
-        device=args.device,
-        precision=args.precision,
-        backend=args.backend,
-        model_type=args.model_type,
-        compile=args.compile,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        skip_bad=args.skip_bad,
-        skip_existing=args.skip_existing,
-        num_parts=args.num_parts,
-        part_id=args.part_id,
-    )
+    values = config_values(PredictConfig, args)
     try:
-        predict(config)
+        predict(PredictConfig(**{**values, "inputs": tuple(args.inputs)}))
     except KeyboardInterrupt:
         raise KeyboardInterrupt(RESUME_HINT) from None
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from petseg.segmenter import Segmenter
+    from petseg.serve import serve
+
+    segmenter = Segmenter.load(args.model_path, args.device, args.precision, args.tta)
+    serve(segmenter, args.host, args.port)
 
 
 def run_export(args: argparse.Namespace) -> None:
     from petseg.export import export_onnx
 
-    export_onnx(
-        args.model_path,
-        args.output or args.model_path.with_suffix(".onnx"),
-        data_path=args.data_path,
-        parity_images=args.parity_images,
-    )
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {
-    "check": run_check,
-    "download": run_download,
-    "train": run_train,
-    "evaluate": run_evaluate,
-    "predict": run_predict,
-    "export": run_export,
-    "serve": run_serve,
-}
+    output = args.output or args.model_path.with_suffix(".onnx")
+    export_onnx(args.model_path, output, data_path=args.data_path, parity_images=args.parity_images)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = parser.commands.get(args.command, parser)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
     try:
         download_if_asked(args)
-        code = COMMANDS[args.command](args)
+        code = args.run(args)
     except PetsegError as error:
         print(f"petseg {args.command}: error: {user_message(error)}", file=sys.stderr)
         return 2
@@ -1003,11 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as error:
         if isinstance(error, RuntimeError) and "out of memory" not in str(error).lower():
             raise
-        print(
-            f"petseg {args.command}: error: out of memory; try a smaller --batch_size "
-            "or --image_size",
-            file=sys.stderr,
-        )
+        hint = "out of memory; try a smaller --batch_size or --image_size"
+        print(f"petseg {args.command}: error: {hint}", file=sys.stderr)
         return 1
     return code or 0
 

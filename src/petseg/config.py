@@ -1,194 +1,159 @@
-"""Run configuration as frozen dataclasses; command-line defaults come from here."""
+"""Run configuration: frozen dataclasses, the default recipe of each model type (PRESETS), and
+the one resolution of `petseg train` flags over a preset or a resumed run's config.
+
+Torch-free, so the command line can build its parser and print a config without loading torch.
+Why each default is what it is: docs/experiments.md.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from petseg.choices import MODEL_TYPES
 from petseg.errors import PetsegError
 
 DEFAULT_DATA_PATH = Path("data/oxford-iiit-pet")
-DEFAULT_UNET_WIDTHS: tuple[int, ...] = (64, 128, 256, 512)
-# UNet decoder upsampling (petseg.models.blocks.DecoderBlock): transpose is the classic UNet's;
-# nearest, with the UNet's lower peak rate below, scored above every run of the transpose
-# default in test Dice after 20 epochs on the sample, on all three seeds run (README, Accuracy)
-UNET_UPSAMPLES: tuple[str, ...] = ("nearest", "transpose")
-DEFAULT_UNET_UPSAMPLE = "nearest"
-# ResNet34-UNet decoder block widths, deepest first (the smp/lab decoder is 256,128,64,32,16)
-DEFAULT_DECODER_WIDTHS: tuple[int, ...] = (256, 128, 64, 32, 16)
-# ResNet34 encoder stems (petseg.models.resnet.make_stem); deep raised test Dice on the sample
-STEMS: tuple[str, ...] = ("deep", "classic")
-DEFAULT_STEM = "deep"
-# ResNet34-UNet activations (petseg.models.blocks.make_activation); silu raised test Dice on
-# the sample
-ACTIVATIONS: tuple[str, ...] = ("relu", "silu")
-DEFAULT_ACTIVATION = "silu"
-# The UNet keeps the classic UNet's ReLU: SiLU lost on both seeds tried (README, Accuracy)
-DEFAULT_UNET_ACTIVATION = "relu"
-# ResNet34-UNet stochastic depth: the last encoder block's rate of skipping its residual branch
-# per image in training (petseg.models.resnet.drop_path_rates); on the sample 0.1 raised test
-# Dice on four of five fp32 seeds (+0.0015 in the mean) and moved the three bf16 ones by -0.0002
-# to +0.0039 (README, Accuracy)
-DEFAULT_DROP_PATH = 0.1
-# Training augmentation when --augment is not given, per model type, as bench/quality.py
-# measured on the sample (README, Accuracy): the lab's crop + flip raised the UNet's test Dice
-# after 20 epochs; scale/rotate/shift + colour jitter did no worse for the ResNet34-UNet.
-DEFAULT_AUGMENT: dict[str, str] = {"unet": "lab", "resnet34_unet": "strong"}
-# Training batch size when --batch_size is not given, per model type: on the sample, batch 8 (with
-# the strong level's whole-image input) and then batch 4, each doubling the optimizer steps per
-# epoch, raised the ResNet34-UNet's test Dice on every seed; batch 8 instead of 16 raised the
-# UNet's on all five seeds run (0-4) once its gradients were clipped (README, Accuracy).
-DEFAULT_BATCH_SIZE: dict[str, int] = {"unet": 8, "resnet34_unet": 4}
-# The schedule's peak learning rate when --learning-rate is not given, per model type: the UNet
-# with nearest upsampling tested higher at 5e-4 (README, Accuracy); the ResNet34-UNet lost at
-# 5e-4 and did not gain at 2e-3, so it keeps 1e-3.
-DEFAULT_LEARNING_RATE: dict[str, float] = {"unet": 5e-4, "resnet34_unet": 1e-3}
-# The gradients' largest global L2 norm before each step when --clip_grad is not given, per
-# model type (0: no clipping). The UNet's gradients stay above 1 on nearly every step (308 of
-# 320 steps in 20 epochs at batch 16 on the sample), so clipping to 1.0 evens out the steps
-# AdamW averages; it raised the UNet's test Dice on four of five seeds and tied the fifth. The
-# ResNet34-UNet clips to 0.5: it raised test Dice on four of five seeds, +0.0065 on average over
-# seeds 0-4, passing a paired t-test written down before seeds 3 and 4 finished; 1.0 split its seeds
-# (README, Accuracy).
-DEFAULT_CLIP_GRAD: dict[str, float] = {"unet": 1.0, "resnet34_unet": 0.5}
-# Images per batch for evaluate and predict, which do not learn
-INFERENCE_BATCH_SIZE = 16
-# Data loading processes where --num_workers is not given, except a CPU run reading the
-# decoded-image cache, which loads in the main process (petseg.data.loading.resolve_num_workers).
+DEFAULT_MODEL_TYPE = "unet"
+INFERENCE_BATCH_SIZE = 16  # images per batch for evaluate and predict, which do not learn
+# Data loading processes when --num_workers is auto, except a CPU run reading the decoded-image
+# cache, which loads in the main process (petseg.data.loading.resolve_num_workers).
 DEFAULT_NUM_WORKERS = 2
+DIST_TIMEOUT_S = 600.0  # under torchrun: the wait for the other processes, and in any collective
+PARITY_IMAGES = 8  # images (or random inputs) petseg export checks ONNX against PyTorch on
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """petseg.models.UNet's constructor arguments."""
+
+    model_type: ClassVar[str] = "unet"
+    widths: tuple[int, ...]  # channels per level, shallowest first
+    upsample: str  # petseg.choices.UPSAMPLES
+    activation: str  # petseg.choices.ACTIVATIONS
+    deep_supervision: bool  # a 1x1 head on each decoder block but the last, in training
+
+
+@dataclass(frozen=True)
+class ResNet34UNetConfig:
+    """petseg.models.ResNet34UNet's constructor arguments."""
+
+    model_type: ClassVar[str] = "resnet34_unet"
+    decoder_widths: tuple[int, ...]  # one per decoder block, deepest first
+    stem: str  # petseg.choices.STEMS
+    activation: str  # petseg.choices.ACTIVATIONS
+    drop_path: float  # stochastic depth: the last encoder block's rate, in training
+    deep_supervision: bool
+
+
+ModelConfig = UNetConfig | ResNet34UNetConfig
+MODEL_CONFIGS: dict[str, type[UNetConfig] | type[ResNet34UNetConfig]] = {
+    "unet": UNetConfig,
+    "resnet34_unet": ResNet34UNetConfig,
+}
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """How the model learns. The lab report's recipe is `--loss bce --optimizer adam
+    --weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab --clip_grad 0`."""
+
+    image_size: int  # square training size in pixels; evaluate and predict use it too
+    epochs: int  # in all, counting resumed ones
+    batch_size: int  # per process under torchrun
+    learning_rate: float  # the schedule's peak
+    loss: str  # petseg.choices.LOSSES
+    optimizer: str  # petseg.choices.OPTIMIZERS
+    weight_decay: float
+    scheduler: str  # petseg.choices.SCHEDULERS
+    warmup_epochs: float | None  # None: the schedule's own (petseg.schedules)
+    augment: str  # petseg.choices.AUGMENTS
+    clip_grad: float  # the gradients' largest global L2 norm before each step; 0: no clipping
+    tune_threshold: bool  # choose the decision threshold on the valid split after training
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: ModelConfig
+    recipe: RecipeConfig
+
+
+# The default recipe of each model type; every value was kept because it scored better on the
+# sample than the alternatives tried (docs/experiments.md).
+PRESETS: dict[str, Preset] = {
+    "unet": Preset(
+        UNetConfig(
+            widths=(64, 128, 256, 512), upsample="nearest", activation="relu",
+            deep_supervision=False,
+        ),
+        RecipeConfig(
+            image_size=256, epochs=50, batch_size=8, learning_rate=5e-4, loss="bce_dice",
+            optimizer="adamw", weight_decay=1e-2, scheduler="onecycle", warmup_epochs=None,
+            augment="lab", clip_grad=1.0, tune_threshold=False,
+        ),
+    ),
+    "resnet34_unet": Preset(
+        ResNet34UNetConfig(
+            decoder_widths=(256, 128, 64, 32, 16), stem="deep", activation="silu",
+            drop_path=0.1, deep_supervision=False,
+        ),
+        RecipeConfig(
+            image_size=256, epochs=50, batch_size=4, learning_rate=1e-3, loss="bce_dice",
+            optimizer="adamw", weight_decay=1e-2, scheduler="onecycle", warmup_epochs=None,
+            augment="strong", clip_grad=0.5, tune_threshold=False,
+        ),
+    ),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class DataConfig:
     data_path: Path = DEFAULT_DATA_PATH
-    image_size: int = 256
-    num_workers: int | None = None  # None: resolve_num_workers chooses
+    num_workers: int | None = None  # None: petseg.data.loading.resolve_num_workers chooses
     mirror: str | None = None  # base URL to download the archives from instead of Oxford's
     skip_bad: bool = False  # leave unusable samples out instead of stopping
     cache: bool = True  # read train/valid from the decoded-image cache (petseg.data.cache)
-    cache_dir: Path | None = None  # where caches go; default DATA/.petseg-cache
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    model_type: str = "unet"
-    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor arguments of the model
-
-
-@dataclass(frozen=True)
-class RecipeConfig:
-    """How the model learns: loss, optimizer, schedule, augmentation, decision threshold.
-
-    The defaults are petseg's recipe, each part kept because bench/quality.py showed it helps
-    (README, "Accuracy"). The lab report's recipe is `--loss bce --optimizer adam
-    --weight_decay 0 --scheduler constant --learning-rate 1e-4 --augment lab --clip_grad 0`.
-    """
-
-    loss: str = "bce_dice"  # petseg.losses.LOSSES
-    optimizer: str = "adamw"  # adam | adamw
-    weight_decay: float = 1e-2
-    scheduler: str = "onecycle"  # petseg.schedules.SCHEDULERS
-    # the schedule's rise to its peak; None: 1 epoch (cosine), 30% of the steps (onecycle)
-    warmup_epochs: float | None = None
-    augment: str | None = None  # petseg.data.transforms.AUGMENTS; None: DEFAULT_AUGMENT's
-    # The gradients' global L2 norm is scaled down to at most this before each step; 0: never;
-    # None: DEFAULT_CLIP_GRAD's
-    clip_grad: float | None = None
-    # Choose the decision threshold on the valid split after training. Off: on the sample's 30
-    # valid images the tuned threshold did not raise test Dice (README, Accuracy).
-    tune_threshold: bool = False
+    cache_dir: Path | None = None  # where caches go; None: DATA/.petseg-cache
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Everything a training run depends on; the checkpoint stores it (petseg.checkpoint)."""
+
+    model: ModelConfig
+    recipe: RecipeConfig
+    model_path: Path  # the best checkpoint; NAME.last.pt and NAME.history.csv go beside it
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    model_path: Path = Path("runs/unet.pt")
-    epochs: int = 50
-    batch_size: int | None = None  # None: the model type's DEFAULT_BATCH_SIZE
-    learning_rate: float | None = None  # the schedule's peak; None: DEFAULT_LEARNING_RATE's
-    device: str = "auto"
     seed: int = 42
-    precision: str = "auto"  # autocast: auto | fp32 | bf16 | fp16 (see runtime.resolve_precision)
-    recipe: RecipeConfig = field(default_factory=lambda: RecipeConfig())
+    precision: str = "auto"  # autocast, petseg.runtime.resolve_precision
+    device: str = "auto"
     compile: bool = False  # torch.compile the training model
 
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (
-                self.batch_size is None or self.batch_size >= 1,
-                f"--batch_size must be at least 1, got {self.batch_size}",
-            ),
-            (
-                self.learning_rate is None or self.learning_rate > 0,
-                f"--learning-rate must be positive, got {self.learning_rate}",
-            ),
-            (
-                self.data.image_size >= 32,
-                f"--image_size must be at least 32, got {self.data.image_size}",
-            ),
-            (
-                self.data.num_workers is None or self.data.num_workers >= 0,
-                "--num_workers cannot be negative",
-            ),
-            (
-                self.recipe.weight_decay >= 0,
-                f"--weight_decay cannot be negative, got {self.recipe.weight_decay}",
-            ),
-            (
-                self.recipe.warmup_epochs is None or self.recipe.warmup_epochs >= 0,
-                f"--warmup_epochs cannot be negative, got {self.recipe.warmup_epochs}",
-            ),
-            (
-                self.recipe.clip_grad is None or self.recipe.clip_grad >= 0,
-                f"--clip_grad cannot be negative, got {self.recipe.clip_grad}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise PetsegError(message)
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`petseg evaluate`: score a checkpoint on a split."""
 
-def resolve_recipe(recipe: RecipeConfig, model_type: str) -> RecipeConfig:
-    """The recipe with the model type's default augmentation and gradient clipping filled in
-    where none was chosen."""
-    augment = recipe.augment or DEFAULT_AUGMENT.get(model_type, "strong")
-    clip_grad = recipe.clip_grad
-    if clip_grad is None:
-        clip_grad = DEFAULT_CLIP_GRAD.get(model_type, 0.0)
-    return replace(recipe, augment=augment, clip_grad=clip_grad)
-
-
-def resolve_batch_size(batch_size: int | None, model_type: str) -> int:
-    """The batch size chosen, or the model type's default where none was."""
-    if batch_size is not None:
-        return batch_size
-    return DEFAULT_BATCH_SIZE.get(model_type, DEFAULT_BATCH_SIZE["unet"])
-
-
-def resolve_learning_rate(learning_rate: float | None, model_type: str) -> float:
-    """The peak learning rate chosen, or the model type's default where none was."""
-    if learning_rate is not None:
-        return learning_rate
-    return DEFAULT_LEARNING_RATE.get(model_type, DEFAULT_LEARNING_RATE["unet"])
-
-
-def to_plain(config: Any) -> Any:
-    """A dataclass as nested dicts of plain values (paths as strings), safe for weights_only loads."""
-    if hasattr(config, "__dataclass_fields__"):
-        config = asdict(config)
-    if isinstance(config, dict):
-        return {key: to_plain(value) for key, value in config.items()}
-    if isinstance(config, (list, tuple)):
-        return [to_plain(value) for value in config]
-    if isinstance(config, Path):
-        return str(config)
-    return config
-
-
-# --- petseg predict ------------------------------------------------------------------------------
+    model_path: Path
+    data_path: Path = DEFAULT_DATA_PATH
+    split: str = "test"
+    threshold: float | None = None  # None: the checkpoint's
+    tta: bool = False  # average each image's and its mirror's probabilities
+    largest_component: bool = False  # score each mask's largest connected region only
+    output: Path | None = None  # also write the scores as JSON
+    gallery: int = 0  # also draw the N worst images
+    gallery_path: Path | None = None  # None: beside the output, else beside the checkpoint
+    model_type: str | None = None  # checked against the checkpoint's when given
+    batch_size: int = INFERENCE_BATCH_SIZE
+    num_workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    skip_bad: bool = False
+    mirror: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,3 +203,220 @@ class PredictConfig:
             raise PetsegError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if self.batch_size < 1:
             raise PetsegError(f"--batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The sane range of a number setting; inf and nan are always out of it."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False  # low itself is out
+    high_open: bool = False
+
+    def problem(self, value: float) -> str | None:
+        """Why `value` is out of range, e.g. 'must be >= 1, got 0'; None when it is in."""
+        if not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        if above and below:
+            return None
+        low = f"{'>' if self.low_open else '>='} {self.low:g}"
+        if math.isinf(self.high):
+            return f"must be {low}, got {value:g}"
+        if self.low_open and self.high_open:
+            return f"must be between {self.low:g} and {self.high:g} (exclusive), got {value:g}"
+        return f"must be {low} and {'<' if self.high_open else '<='} {self.high:g}, got {value:g}"
+
+
+# Beyond these a value is a typo or a run that cannot learn: a learning rate or weight decay
+# above 1 diverges in a few steps (docs/robustness.md).
+LIMITS: dict[str, Bounds] = {
+    "epochs": Bounds(1),
+    "batch_size": Bounds(1),
+    "image_size": Bounds(32),
+    "learning_rate": Bounds(0, 1, low_open=True),
+    "weight_decay": Bounds(0, 1),
+    "warmup_epochs": Bounds(0),
+    "clip_grad": Bounds(0),
+    "drop_path": Bounds(0, 1, high_open=True),
+    "threshold": Bounds(0, 1, low_open=True, high_open=True),
+    "gallery": Bounds(1, 100),  # rows of one contact sheet
+    "dist_timeout": Bounds(0, low_open=True),
+    "parity_images": Bounds(1),
+    "num_parts": Bounds(1),
+    "part_id": Bounds(0),
+    "port": Bounds(0, 65535),
+}
+
+# Where each `petseg train` flag goes: (part of TrainConfig, field); part "" is TrainConfig itself.
+# A model flag must name a field of the model type's config.
+MODEL_FLAGS: dict[str, str] = {
+    "unet_widths": "widths",
+    "unet_upsample": "upsample",
+    "decoder_widths": "decoder_widths",
+    "stem": "stem",
+    "activation": "activation",
+    "drop_path": "drop_path",
+    "deep_supervision": "deep_supervision",
+}
+TRAIN_FLAGS: dict[str, tuple[str, str]] = {
+    **{flag: ("model", name) for flag, name in MODEL_FLAGS.items()},
+    **{item.name: ("recipe", item.name) for item in fields(RecipeConfig)},
+    **{item.name: ("data", item.name) for item in fields(DataConfig)},
+    **{name: ("", name) for name in ("model_path", "seed", "precision", "device", "compile")},
+}
+# Where this process runs rather than what it trains: a resumed run takes them from the flags,
+# or their defaults, never from the checkpoint.
+MACHINE_FLAGS = ("device", "compile", "num_workers")
+
+
+def train_model_path(flags: Mapping[str, Any]) -> Path:
+    """--model_path, or runs/MODEL_TYPE.pt (with the model type given, else the default's)."""
+    model_type = flags.get("model_type") or DEFAULT_MODEL_TYPE
+    return flags.get("model_path") or Path("runs") / f"{model_type}.pt"
+
+
+def resolve_train_config(
+    flags: Mapping[str, Any], resumed: TrainConfig | None = None, checkpoint: Path | None = None
+) -> TrainConfig:
+    """The run's config: the model type's preset, or the resumed run's config (read from
+    `checkpoint`), with the given flags replaced. `flags` holds only the flags given (by
+    name, as in TRAIN_FLAGS, plus model_type). A resumed run refuses any flag that would
+    change its architecture or image size."""
+    model_path = train_model_path(flags)
+    if resumed is None:
+        preset = PRESETS[flags.get("model_type") or DEFAULT_MODEL_TYPE]
+        base = TrainConfig(preset.model, preset.recipe, model_path)
+    else:
+        refuse_architecture_changes(flags, resumed, checkpoint or model_path)
+        base = replace(resumed, model_path=model_path)
+        for flag in MACHINE_FLAGS:
+            base = with_flag(base, flag, flag_default(flag))
+    config = base
+    for flag, value in flags.items():
+        if flag != "model_type":
+            config = with_flag(config, flag, value)
+    check_train_config(config)
+    return config
+
+
+def flag_default(flag: str) -> Any:
+    """The default of a flag outside the preset (a TrainConfig or DataConfig field)."""
+    part, name = TRAIN_FLAGS[flag]
+    owner = DataConfig if part == "data" else TrainConfig
+    return next(item.default for item in fields(owner) if item.name == name)
+
+
+def with_flag(config: TrainConfig, flag: str, value: Any) -> TrainConfig:
+    """`config` with one flag's value in its place."""
+    part, name = TRAIN_FLAGS[flag]
+    if not part:
+        return replace(config, **{name: value})
+    section = getattr(config, part)
+    if part == "model" and name not in _field_names(section):
+        others = [kind for kind, cls in MODEL_CONFIGS.items() if name in _field_names(cls)]
+        raise PetsegError(f"--{flag} applies to --model_type {' or '.join(others)} only")
+    return replace(config, **{part: replace(section, **{name: value})})
+
+
+def _field_names(config: Any) -> set[str]:
+    return {item.name for item in fields(config)}
+
+
+def refuse_architecture_changes(
+    flags: Mapping[str, Any], resumed: TrainConfig, checkpoint: Path
+) -> None:
+    """A resumed run keeps its model and image size: a flag asking for others is refused."""
+    given_type = flags.get("model_type")
+    if given_type is not None and given_type != resumed.model.model_type:
+        raise PetsegError(
+            f"{checkpoint}: holds a {resumed.model.model_type} model, not --model_type "
+            f"{given_type}; drop --model_type to resume it, or pick another --model_path"
+        )
+    for flag in (*MODEL_FLAGS, "image_size"):
+        if flag not in flags:
+            continue
+        with_flag(resumed, flag, flags[flag])  # a flag of the other model type: its own error
+        part, name = TRAIN_FLAGS[flag]
+        stored = getattr(getattr(resumed, part), name)
+        if stored != flags[flag]:
+            raise PetsegError(
+                f"{checkpoint}: was trained with --{flag} {shown(stored)}, not "
+                f"{shown(flags[flag])}; drop --{flag} to resume it, or pick another --model_path"
+            )
+
+
+def shown(value: Any) -> str:
+    """A setting as its flag is written: 64,128 for widths, on/off for a switch."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """Refuse settings no run can use, with the flag's name (the parser checks them too)."""
+    numbers = {**asdict(config.recipe), **asdict(config.model)}
+    for name, bounds in LIMITS.items():
+        value = numbers.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            problem = bounds.problem(value)
+            if problem:
+                raise PetsegError(f"--{name} {problem}")
+    if config.data.num_workers is not None and config.data.num_workers < 0:
+        raise PetsegError(f"--num_workers cannot be negative, got {config.data.num_workers}")
+    if isinstance(config.model, ResNet34UNetConfig):
+        blocks = len(PRESETS["resnet34_unet"].model.decoder_widths)
+        widths = config.model.decoder_widths
+        if len(widths) != blocks:
+            raise PetsegError(
+                f"--decoder_widths needs {blocks} values (one per decoder block), "
+                f"got {len(widths)}: {shown(widths)}"
+            )
+
+
+def model_kwargs(model: ModelConfig) -> dict[str, Any]:
+    """The model's constructor arguments."""
+    return asdict(model)
+
+
+def to_plain(config: TrainConfig) -> dict[str, Any]:
+    """Nested dicts of plain values (paths as strings, tuples as lists), safe for a
+    weights_only load; the model's part names its type."""
+    plain = _plain(asdict(config))
+    plain["model"] = {"model_type": config.model.model_type, **plain["model"]}
+    return plain
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def from_plain(plain: Mapping[str, Any]) -> TrainConfig:
+    """The TrainConfig that to_plain wrote; KeyError, TypeError or ValueError when it is not one."""
+    model = dict(plain["model"])
+    model_type = model.pop("model_type")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model_type!r}")
+    model = {
+        key: tuple(value) if isinstance(value, list) else value for key, value in model.items()
+    }
+    data = dict(plain["data"])
+    data["data_path"] = Path(data["data_path"])
+    data["cache_dir"] = Path(data["cache_dir"]) if data["cache_dir"] is not None else None
+    top = {key: value for key, value in plain.items() if key not in ("model", "recipe", "data")}
+    return TrainConfig(
+        model=MODEL_CONFIGS[model_type](**model),
+        recipe=RecipeConfig(**plain["recipe"]),
+        data=DataConfig(**data),
+        **{**top, "model_path": Path(top["model_path"])},
+    )

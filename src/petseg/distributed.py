@@ -34,6 +34,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from petseg.choices import DIST_BACKENDS
+from petseg.config import DIST_TIMEOUT_S
 from petseg.data.oxford_pet import missing_archives
 from petseg.errors import PetsegError
 from petseg.evaluate import Evaluation
@@ -41,8 +43,6 @@ from petseg.metrics import SegmentationScores
 from petseg.runtime import resolve_device
 
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
-BACKENDS = ("auto", "nccl", "gloo")
-DEFAULT_TIMEOUT_S = 600.0
 # Rank r offsets its augmentation seed by r x this, more than any run's epoch count, so no two
 # (epoch, rank) pairs share a seed; rank 0 keeps the single-process seed.
 RANK_SEED_STRIDE = 1_000_003
@@ -57,7 +57,7 @@ class World:
     local_rank: int = 0  # the process's index on its node, which picks its GPU
     size: int = 1
     backend: str | None = None  # "nccl" or "gloo" under torchrun; None: no process group
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = DIST_TIMEOUT_S
     sync_batchnorm: bool = False
 
     @property
@@ -89,9 +89,9 @@ def choose_device_and_backend(
     device_name: str, backend: str, local_rank: int
 ) -> tuple[torch.device, str]:
     """cuda:LOCAL_RANK with nccl, or the CPU with gloo; other pairings are refused."""
-    if backend not in BACKENDS:
+    if backend not in DIST_BACKENDS:
         raise PetsegError(
-            f"unknown --dist_backend {backend!r}: choose one of {', '.join(BACKENDS)}"
+            f"unknown --dist_backend {backend!r}: choose one of {', '.join(DIST_BACKENDS)}"
         )
     device = resolve_device(device_name)
     if device.type == "cuda":
@@ -125,7 +125,7 @@ def world_session(
     device_name: str,
     *,
     backend: str = "auto",
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float = DIST_TIMEOUT_S,
     sync_batchnorm: bool = False,
     environ: Mapping[str, str] = os.environ,
 ) -> Iterator[World]:

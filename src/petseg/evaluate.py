@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,11 +16,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from petseg import postprocess
-from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
-from petseg.config import INFERENCE_BATCH_SIZE
+from petseg.checkpoint import (
+    check_model_type,
+    checkpoint_config,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+from petseg.config import EvaluateConfig
 from petseg.data.check import checked_names
 from petseg.data.loading import ensure_dataset, make_loader, resolve_num_workers
-from petseg.data.oxford_pet import OxfordPetDataset, Split, breed_of, load_mask, species_of
+from petseg.data.oxford_pet import OxfordPetDataset, breed_of, load_mask, species_of
 from petseg.data.transforms import eval_transform
 from petseg.errors import PetsegError
 from petseg.files import atomic_write_bytes, atomic_write_text, check_output_files
@@ -95,21 +102,33 @@ def evaluate_model(
             predicted = postprocess.largest_components(predicted)
         scores.update(predicted, masks > 0.5, band)
         if original is not None and original_masks is not None:
-            for prob in probs:
-                truth = original_masks(seen_images)
-                full = F.interpolate(
-                    prob[None], size=tuple(truth.shape), mode="bilinear", align_corners=False
-                )[0]
-                full_mask = full[0] > threshold
-                if largest_component:
-                    full_mask = postprocess.largest_component(full_mask)
-                original.update(full_mask[None], truth[None].to(device) > 0)
-                seen_images += 1
+            truths = [original_masks(seen_images + index) for index in range(len(probs))]
+            score_at_original_size(original, probs, truths, threshold, largest_component)
+            seen_images += len(probs)
     return Evaluation(
         scores=scores,
         loss=loss_sum / seen if loss_fn is not None and seen else None,
         original=original,
     )
+
+
+def score_at_original_size(
+    scores: SegmentationScores,
+    probs: torch.Tensor,
+    truths: list[torch.Tensor],
+    threshold: float,
+    largest_component: bool,
+) -> None:
+    """Resize each probability map (1, S, S) back to its image's size (bilinear), threshold it
+    and score it against that image's (H, W) ground truth, as predict writes masks."""
+    for prob, truth in zip(probs, truths, strict=True):
+        full = F.interpolate(
+            prob[None], size=tuple(truth.shape), mode="bilinear", align_corners=False
+        )[0]
+        mask = full[0] > threshold
+        if largest_component:
+            mask = postprocess.largest_component(mask)
+        scores.update(mask[None], truth[None].to(prob.device) > 0)
 
 
 @torch.inference_mode()
@@ -148,131 +167,157 @@ def choose_threshold(thresholds: Sequence[float], dice: Sequence[float]) -> floa
     return min(tied, key=lambda t: (abs(t - 0.5), t))
 
 
-def evaluate_checkpoint(
-    model_path: Path,
-    data_path: Path,
-    *,
-    split: Split = "test",
-    batch_size: int = INFERENCE_BATCH_SIZE,
-    num_workers: int | None = None,
-    device_name: str = "auto",
-    mirror: str | None = None,
-    output: Path | None = None,
-    skip_bad: bool = False,
-    model_type: str | None = None,
-    tta: bool = False,
-    precision: str = "fp32",
-    gallery: int = 0,
-    gallery_path: Path | None = None,
-    threshold: float | None = None,
-    compile: bool = False,
-    largest_component: bool = False,
-) -> dict:
-    """Evaluate the checkpoint at its own image size; print the scores, optionally write JSON.
-
-    threshold: the decision threshold; default the checkpoint's (tuned on valid, else 0.5).
-
-    gallery: also draw the `gallery` worst images (by per-image Dice) to `gallery_path`,
-    by default beside --output (OUTPUT_STEM.gallery.png) or else beside the checkpoint
-    (NAME.SPLIT.gallery.png). compile: torch.compile the model. largest_component: score
-    each predicted mask's largest connected region only.
-    """
-    if gallery_path is not None and gallery <= 0:
-        raise PetsegError(f"{gallery_path}: --gallery_path needs --gallery N (how many images)")
-    checkpoint = load_checkpoint(model_path)
-    check_model_type(checkpoint, model_type, model_path)
-    check_output_files(evaluation_outputs(model_path, split, output, gallery, gallery_path))
-    device = resolve_device(device_name)
+def evaluate_checkpoint(config: EvaluateConfig) -> dict[str, Any]:
+    """Evaluate the checkpoint at its own image size; print the scores, optionally write a
+    gallery of the worst images and the scores as JSON. Returns the scores."""
+    if config.gallery_path is not None and config.gallery <= 0:
+        raise PetsegError(
+            f"{config.gallery_path}: --gallery_path needs --gallery N (how many images)"
+        )
+    checkpoint = load_checkpoint(config.model_path)
+    check_model_type(
+        checkpoint_config(checkpoint).model.model_type, config.model_type, config.model_path
+    )
+    check_output_files(evaluation_outputs(config))
+    device = resolve_device(config.device)
     model = compiled(
-        inference_model(model_from_checkpoint(checkpoint, model_path).to(device)), compile
+        inference_model(model_from_checkpoint(checkpoint, config.model_path).to(device)),
+        config.compile,
     )
-    ensure_dataset(data_path, mirror)
-    size = int(checkpoint["image_size"])
-    norm = checkpoint["normalization"]
-    dataset = OxfordPetDataset(
-        data_path,
-        split,
-        eval_transform(size, norm["mean"], norm["std"]),
-        names=checked_names(data_path, split, skip_bad),
-        with_border=True,
-    )
-    workers = resolve_num_workers(num_workers, device, decoded=False)
-    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=workers, device=device)
+    dataset = split_for_evaluation(config, checkpoint)
+    threshold = config.threshold
     if threshold is None:
         threshold = float(checkpoint.get("threshold", 0.5))
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(config.precision, device)
+    loader = make_loader(
+        dataset,
+        config.batch_size,
+        shuffle=False,
+        num_workers=resolve_num_workers(config.num_workers, device, decoded=False),
+        device=device,
+    )
     evaluation = evaluate_model(
         model,
         loader,
         device,
         threshold=threshold,
-        tta=tta,
-        desc=f"{split}",
+        tta=config.tta,
+        desc=config.split,
         precision=precision,
-        original_masks=lambda index: torch.from_numpy(
-            load_mask(dataset.mask_path(dataset.names[index]))
-        ),
-        largest_component=largest_component,
+        original_masks=functools.partial(original_mask, dataset),
+        largest_component=config.largest_component,
     )
-    counts = evaluation.scores.counts
+    results = scores_record(config, checkpoint, dataset, evaluation, threshold, precision)
+    print(format_results(results))
     per_image_dice = evaluation.scores.per_image_dice()
+    if config.gallery > 0:
+        norm = checkpoint["normalization"]
+        gallery = write_gallery(config, model, dataset, results, per_image_dice, device, norm)
+        results["gallery"] = str(gallery)
+    if config.output is not None:
+        results["per_image_dice"] = dict(zip(dataset.names, per_image_dice, strict=True))
+        atomic_write_text(config.output, json.dumps(results, indent=2) + "\n")
+        print(f"wrote {config.output}")
+    return results
+
+
+def split_for_evaluation(config: EvaluateConfig, checkpoint: dict[str, Any]) -> OxfordPetDataset:
+    """The split at the checkpoint's image size and normalization, with the trimap border."""
+    ensure_dataset(config.data_path, config.mirror)
+    size = checkpoint_config(checkpoint).recipe.image_size
+    norm = checkpoint["normalization"]
+    return OxfordPetDataset(
+        config.data_path,
+        config.split,
+        eval_transform(size, norm["mean"], norm["std"]),
+        names=checked_names(config.data_path, config.split, config.skip_bad),
+        with_border=True,
+    )
+
+
+def original_mask(dataset: OxfordPetDataset, index: int) -> torch.Tensor:
+    """The ground truth of the dataset's `index`-th image at its original size, (H, W) 0/1."""
+    return torch.from_numpy(load_mask(dataset.mask_path(dataset.names[index])))
+
+
+def scores_record(
+    config: EvaluateConfig,
+    checkpoint: dict[str, Any],
+    dataset: OxfordPetDataset,
+    evaluation: Evaluation,
+    threshold: float,
+    precision: str,
+) -> dict[str, Any]:
+    """The scores with what they were measured on and how."""
     assert evaluation.original is not None
     original = evaluation.original.summary()
-    results = {
+    counts = evaluation.scores.counts
+    return {
         **evaluation.scores.summary(),
         "original_resolution": {
             key: original[key] for key in ("dice", "dice_dataset", "iou", "pixel_accuracy")
         },
-        "split": split,
-        "image_size": size,
+        "split": config.split,
+        "image_size": checkpoint_config(checkpoint).recipe.image_size,
         "threshold": threshold,
-        "tta": tta,
-        "largest_component": largest_component,
+        "tta": config.tta,
+        "largest_component": config.largest_component,
         "precision": precision,
-        "model_type": checkpoint["model_type"],
+        "model_type": checkpoint_config(checkpoint).model.model_type,
         "epoch": checkpoint.get("epoch"),
-        "model_path": str(model_path),
-        "data_path": str(data_path),
+        "model_path": str(config.model_path),
+        "data_path": str(config.data_path),
         "per_species": groups_as_json(group_scores(dataset.names, counts, species_of)),
         "per_breed": groups_as_json(group_scores(dataset.names, counts, breed_of)),
     }
-    print(format_results(results))
-    if gallery > 0:
-        gallery_path = gallery_path or default_gallery_path(model_path, split, output)
-        worst = worst_indices(per_image_dice, gallery)
-        rows = gallery_rows(
-            model,
-            dataset,
-            worst,
-            per_image_dice,
-            device,
-            threshold=threshold,
-            tta=tta,
-            norm=norm,
-            largest_component=largest_component,
-        )
-        title = (
-            f"{len(rows)} worst of {results['num_images']} {split} images by per-image Dice\n"
-            f"{model_path.name}: {checkpoint['model_type']}, epoch {results['epoch']}, "
-            f"{size}x{size}, threshold {threshold:.2f}{', flip TTA' if tta else ''}"
-            f"{', largest region only' if largest_component else ''}"
-        )
-        atomic_write_bytes(gallery_path, render_gallery(rows, title))
-        results["gallery"] = str(gallery_path)
-        print(f"wrote {gallery_path}")
-    if output is not None:
-        results["per_image_dice"] = dict(zip(dataset.names, per_image_dice, strict=True))
-        atomic_write_text(output, json.dumps(results, indent=2) + "\n")
-        print(f"wrote {output}")
-    return results
 
 
-def evaluation_outputs(
-    model_path: Path, split: str, output: Path | None, gallery: int, gallery_path: Path | None
-) -> list[Path]:
+def write_gallery(
+    config: EvaluateConfig,
+    model: nn.Module,
+    dataset: OxfordPetDataset,
+    results: dict[str, Any],
+    per_image_dice: list[float],
+    device: torch.device,
+    norm: dict[str, list[float]],
+) -> Path:
+    """Draw the worst images by per-image Dice as a contact sheet; returns where it went."""
+    path = gallery_file(config)
+    worst = worst_indices(per_image_dice, config.gallery)
+    rows = gallery_rows(
+        model,
+        dataset,
+        worst,
+        per_image_dice,
+        device,
+        threshold=results["threshold"],
+        tta=config.tta,
+        norm=norm,
+        largest_component=config.largest_component,
+    )
+    size = results["image_size"]
+    title = (
+        f"{len(rows)} worst of {results['num_images']} {config.split} images by per-image Dice\n"
+        f"{config.model_path.name}: {results['model_type']}, epoch {results['epoch']}, "
+        f"{size}x{size}, threshold {results['threshold']:.2f}{', flip TTA' if config.tta else ''}"
+        f"{', largest region only' if config.largest_component else ''}"
+    )
+    atomic_write_bytes(path, render_gallery(rows, title))
+    print(f"wrote {path}")
+    return path
+
+
+def evaluation_outputs(config: EvaluateConfig) -> list[Path]:
     """The files evaluate will write: the JSON and the gallery, where asked for."""
-    gallery_file = gallery_path or default_gallery_path(model_path, split, output)
-    return [path for path in (output, gallery_file if gallery > 0 else None) if path is not None]
+    gallery = gallery_file(config) if config.gallery > 0 else None
+    return [path for path in (config.output, gallery) if path is not None]
+
+
+def gallery_file(config: EvaluateConfig) -> Path:
+    """--gallery_path, else beside --output or the checkpoint (default_gallery_path)."""
+    return config.gallery_path or default_gallery_path(
+        config.model_path, config.split, config.output
+    )
 
 
 def default_gallery_path(model_path: Path, split: str, output: Path | None) -> Path:

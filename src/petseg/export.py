@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from petseg.checkpoint import load_checkpoint, model_from_checkpoint
+from petseg.checkpoint import checkpoint_config, load_checkpoint, model_from_checkpoint
+from petseg.config import PARITY_IMAGES
 from petseg.data.oxford_pet import load_rgb, read_split_names
 from petseg.data.transforms import eval_transform
 from petseg.errors import PetsegError
@@ -42,7 +43,6 @@ from petseg.onnx_model import (
 OPSET = 17  # run by every onnxruntime >= 1.14
 LOGIT_TOLERANCE = 1e-3
 NEAR_THRESHOLD = 1e-3
-DEFAULT_PARITY_IMAGES = 8
 PARITY_BATCH = 8  # parity inputs per forward pass, to bound memory
 DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
 
@@ -75,7 +75,7 @@ def export_onnx(
     output: Path,
     *,
     data_path: Path | None = None,
-    parity_images: int = DEFAULT_PARITY_IMAGES,
+    parity_images: int = PARITY_IMAGES,
     logit_tolerance: float = LOGIT_TOLERANCE,
 ) -> list[Parity]:
     """Export the checkpoint at model_path to `output` (.onnx) once parity holds; print a summary.
@@ -90,7 +90,7 @@ def export_onnx(
     checkpoint = load_checkpoint(model_path)
     check_output_file(output)
     model = model_from_checkpoint(checkpoint, model_path).eval()
-    size = int(checkpoint["image_size"])
+    size = checkpoint_config(checkpoint).recipe.image_size
     threshold = float(checkpoint.get("threshold", 0.5))
     norm = checkpoint["normalization"]
     if data_path is not None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from petseg.choices import LOSSES
 from petseg.errors import PetsegError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -45,7 +46,7 @@ def bce_dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return bce_loss(logits, targets) + soft_dice_loss(logits, targets)
 
 
-LOSSES: dict[str, LossFn] = {
+LOSS_FUNCTIONS: dict[str, LossFn] = {
     "bce": bce_loss,
     "dice": soft_dice_loss,
     "bce_dice": bce_dice_loss,
@@ -73,7 +74,6 @@ def deep_supervision_loss(
 
 
 def get_loss(name: str) -> LossFn:
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise PetsegError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}") from None
+    if name not in LOSSES:
+        raise PetsegError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    return LOSS_FUNCTIONS[name]

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from petseg import __version__
-from petseg.checkpoint import checkpoint_model_kwargs
+from petseg.checkpoint import checkpoint_config
+from petseg.config import model_kwargs
 from petseg.errors import PetsegError
 
 ONNX_FORMAT = "petseg-onnx"
@@ -56,13 +57,14 @@ class OnnxModelInfo:
 def metadata_from_checkpoint(checkpoint: dict[str, Any], source: Path) -> dict[str, str]:
     """The metadata_props (string to string) of the ONNX model exported from `checkpoint`."""
     norm = checkpoint["normalization"]
+    config = checkpoint_config(checkpoint)
     return {
         "format": ONNX_FORMAT,
         "format_version": str(ONNX_FORMAT_VERSION),
         "petseg_version": __version__,
-        "model_type": checkpoint["model_type"],
-        "model_kwargs": json.dumps(checkpoint_model_kwargs(checkpoint)),
-        "image_size": str(int(checkpoint["image_size"])),
+        "model_type": config.model.model_type,
+        "model_kwargs": json.dumps(model_kwargs(config.model)),
+        "image_size": str(config.recipe.image_size),
         "mean": json.dumps([float(value) for value in norm["mean"]]),
         "std": json.dumps([float(value) for value in norm["std"]]),
         "threshold": repr(float(checkpoint.get("threshold", 0.5))),

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from petseg.choices import DEVICES, PRECISIONS
 from petseg.errors import PetsegError, Terminated
 
-DEVICES = ("auto", "cpu", "cuda")
 # What a terminal (Ctrl-C) and schedulers (SLURM, docker stop, timeout, Kubernetes) send to stop
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -41,9 +41,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# CPU flags of native bfloat16 arithmetic; without them oneDNN emulates bf16, which on an AVX2
-# machine measured 0.2 img/s against 6.2 img/s in fp32 (ResNet34-UNet, 128 px, training).
+# CPU flags of native bfloat16 arithmetic; without them oneDNN emulates bf16, far slower than
+# fp32 (docs/speed.md).
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 
+from petseg.choices import SCHEDULERS
 from petseg.errors import PetsegError
 
-SCHEDULERS = ("constant", "cosine", "onecycle")
 COSINE_FLOOR = 0.01  # the cosine schedule ends at this fraction of the base rate
 COSINE_WARMUP_EPOCHS = 1.0  # the cosine schedule's warmup unless one is chosen
 ONECYCLE_PCT_START = 0.3  # OneCycleLR's defaults

@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from petseg import postprocess
-from petseg.checkpoint import check_model_type, load_checkpoint, model_from_checkpoint
+from petseg.checkpoint import (
+    check_model_type,
+    checkpoint_config,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+from petseg.choices import BACKENDS
 from petseg.config import INFERENCE_BATCH_SIZE
 from petseg.data.oxford_pet import DECODE_ERRORS, load_rgb
 from petseg.data.transforms import PairTransform, eval_transform
@@ -33,7 +39,6 @@ from petseg.onnx_model import load_onnx_model, session_logits
 from petseg.pictures import cutout, overlay
 from petseg.runtime import autocast, compiled, resolve_device, resolve_precision
 
-BACKENDS = ("torch", "onnxruntime")
 OUTPUTS = ("mask", "overlay", "cutout")  # the pictures a Prediction draws
 ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]  # noqa: UP007 (a runtime alias)
 
@@ -86,7 +91,8 @@ def torch_backend(
     compile: bool = False,
 ) -> Backend:
     checkpoint = load_checkpoint(model_path)
-    check_model_type(checkpoint, model_type, model_path)
+    config = checkpoint_config(checkpoint)
+    check_model_type(config.model.model_type, model_type, model_path)
     where = resolve_device(device)
     precision = resolve_precision(precision, where)
     model = compiled(
@@ -100,8 +106,8 @@ def torch_backend(
     norm = checkpoint["normalization"]
     return Backend(
         probabilities,
-        model_type=checkpoint["model_type"],
-        image_size=int(checkpoint["image_size"]),
+        model_type=config.model.model_type,
+        image_size=config.recipe.image_size,
         mean=tuple(norm["mean"]),
         std=tuple(norm["std"]),
         threshold=float(checkpoint.get("threshold", 0.5)),
@@ -120,7 +126,7 @@ def onnx_backend(
             "runs in fp32"
         )
     session, info = load_onnx_model(model_path, device)
-    check_model_type({"model_type": info.model_type}, model_type, model_path)
+    check_model_type(info.model_type, model_type, model_path)
     logits = session_logits(session)
     provider = session.get_providers()[0].removesuffix("ExecutionProvider")
     return Backend(

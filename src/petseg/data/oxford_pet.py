@@ -26,10 +26,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from petseg.choices import SPLITS
 from petseg.errors import PetsegError
 
 Split = Literal["train", "valid", "test"]
-SPLITS: tuple[Split, ...] = ("train", "valid", "test")
 
 # Which archive provides which part of the layout; download.py fetches the missing archives.
 REQUIRED_PARTS: dict[str, tuple[str, ...]] = {

@@ -14,15 +14,15 @@ import cv2
 import numpy as np
 import torch
 
+from petseg.choices import AUGMENTS
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-# Training augmentation levels (see train_transform), each with the factor of the size that
-# the training pipeline first resizes to before its random size x size crop. lab zooms 1.12x, as
-# the lab report's resize-then-crop; flip is lab's flip on the whole image; strong zooms by its
-# random scale instead and keeps the whole image: without the extra zoom its test Dice rose on
-# the sample (README, Accuracy).
+# Training augmentation levels (petseg.choices.AUGMENTS, see train_transform), each with the
+# factor of the size that the training pipeline first resizes to before its random crop. lab
+# zooms 1.12x, as the lab report's resize-then-crop; flip is lab's flip on the whole image;
+# strong zooms by its random scale instead and keeps the whole image (docs/experiments.md).
 TRAIN_ZOOM: dict[str, float] = {"lab": 1.12, "flip": 1.0, "strong": 1.0}
-AUGMENTS = tuple(TRAIN_ZOOM)
 
 
 class PairTransform:
@@ -65,7 +65,7 @@ def first_resize(edge: int) -> A.Resize:
 
 def train_resize_edge(size: int, augment: str) -> int:
     """The edge of the `augment` level's first resize, before the random crop to size."""
-    if augment not in TRAIN_ZOOM:
+    if augment not in AUGMENTS:
         raise ValueError(f"unknown augment {augment!r}; choose one of {', '.join(AUGMENTS)}")
     return round(size * TRAIN_ZOOM[augment])
 
