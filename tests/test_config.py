@@ -131,12 +131,12 @@ def test_a_resume_that_changes_the_image_size_is_refused_through_the_cli(
 def test_print_config_prints_the_resolved_config_and_trains_nothing(tmp_path, capsys) -> None:
     model_path = tmp_path / "r34.pt"
     argv = ["train", "--model_type", "resnet34_unet", "--model_path", str(model_path), "-lr", "2e-3",
-            "--print_config"]  # fmt: skip
+            "--device", "cpu", "--print_config"]  # fmt: skip
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
-    expected = resolve_train_config(
-        {"model_type": "resnet34_unet", "model_path": model_path, "learning_rate": 2e-3}
-    )
+    flags = {"model_type": "resnet34_unet", "model_path": model_path, "learning_rate": 2e-3,
+             "device": "cpu"}  # fmt: skip
+    expected = resolve_train_config(flags, on_cpu=True)  # with the CPU's default time budget
     assert printed == to_plain(expected)
     assert printed["recipe"]["learning_rate"] == 2e-3 and printed["recipe"]["batch_size"] == 4
     assert list(tmp_path.iterdir()) == []

@@ -348,6 +348,7 @@ def test_torchrun_trains_matches_evaluate_and_resumes(subset: Path, tmp_path: Pa
     summaries = [line for line in done.stdout.splitlines() if line.startswith("epoch ")]
     assert len(summaries) == 1  # rank 0 only
     assert done.stdout.count("training unet") == 1
+    assert done.stdout.count("estimated: about") == 1  # during epoch 1, by rank 0
     assert "data parallel over 2 processes (gloo): batch 8 per process, 16 per step" in done.stdout
     # rank 0 built the image cache while rank 1 waited, then both read it
     assert done.stdout.count("cache: train split") == 1 and "built in" in done.stdout

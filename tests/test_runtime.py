@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 
+import numpy as np
 import pytest
 import torch
 
 from petseg.errors import PetsegError, Terminated
-from petseg.runtime import cpu_flags, resolve_device, resolve_precision, stop_requests_on_ctrl_c
+from petseg.runtime import (
+    cpu_flags,
+    preserved_random_state,
+    resolve_device,
+    resolve_precision,
+    stop_requests_on_ctrl_c,
+)
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -77,3 +85,17 @@ def test_a_second_sigterm_stops_at_once() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)
         pytest.fail("the second SIGTERM did not interrupt")
+
+
+def draws() -> tuple[float, float, float]:
+    return random.random(), float(np.random.rand()), torch.rand(1).item()
+
+
+def test_work_inside_a_preserved_random_state_leaves_no_trace_on_later_draws() -> None:
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    expected = draws()
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    with preserved_random_state():
+        inside = draws()
+        torch.nn.Dropout(0.5)(torch.ones(100))
+    assert draws() == expected == inside

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from petseg import __version__, choices
+from petseg.budget import duration_flag, parse_duration
 from petseg.cli_help import EXPORT_HELP, HELP, RECIPE_HELP, SERVE_HELP
 from petseg.config import (
     DEFAULT_DATA_PATH,
@@ -29,6 +30,7 @@ from petseg.config import (
     Bounds,
     EvaluateConfig,
     PredictConfig,
+    TrainConfig,
     shown,
     to_plain,
 )
@@ -81,6 +83,14 @@ def workers(text: str) -> int | None:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"must be a whole number >= 0 or auto, got {text}")
     return int(text)
+
+
+def duration(text: str) -> float:
+    """--time_budget: seconds from 90s, 30m, 2h, 1h30m (petseg.budget.parse_duration)."""
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def widths(text: str) -> tuple[int, ...]:
@@ -192,6 +202,7 @@ def add_recipe_flags(group: Any) -> None:
     """How the model learns: petseg.config.RecipeConfig."""
     flag(group, "image_size", type=Number(int, "image_size"), metavar="PIXELS")
     flag(group, "epochs", type=Number(int, "epochs"), metavar="N")
+    flag(group, "time_budget", type=duration, metavar="DURATION")
     flag(group, "batch_size", type=Number(int, "batch_size"), metavar="N")
     flag(group, "learning_rate", "-lr", type=Number(float, "learning_rate"), metavar="RATE")
     flag(group, "weight_decay", type=Number(float, "weight_decay"), metavar="DECAY")
@@ -324,6 +335,8 @@ def run_train(args: argparse.Namespace) -> None:
     settings = config_from_flags(given_train_flags(args))
     if args.print_config:
         print(json.dumps(to_plain(settings), indent=2))
+        if settings.time_budget_s is not None:
+            print(budget_note(settings), file=sys.stderr)
         return
     session = world_session(
         settings.device,
@@ -337,6 +350,15 @@ def run_train(args: argparse.Namespace) -> None:
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (errors.Terminated): keep which
         interrupt.args = (resume_hint(settings.model_path),)
         raise
+
+
+def budget_note(config: TrainConfig) -> str:
+    """What --print_config cannot show of a time budget: the epochs are chosen at run time."""
+    budget = duration_flag(config.time_budget_s or 0)
+    return (
+        f"petseg train: time budget {budget}: a new run chooses its epochs (at most "
+        f"{config.recipe.epochs}) when training starts; a resumed run keeps its own"
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> None:

@@ -3,7 +3,13 @@ structure. Say why in one line; measured numbers live in docs/, not here."""
 
 from __future__ import annotations
 
-from petseg.config import DEFAULT_NUM_WORKERS, DIST_TIMEOUT_S, flag_default
+from petseg.budget import duration_flag
+from petseg.config import (
+    CPU_TIME_BUDGET_S,
+    DEFAULT_NUM_WORKERS,
+    DIST_TIMEOUT_S,
+    flag_default,
+)
 
 # The --help of each flag; where a model type's preset sets it, its default is added.
 HELP = {
@@ -34,7 +40,12 @@ HELP = {
     "drop_path": "resnet34_unet stochastic depth: the last encoder block's rate; 0 turns it off",
     "deep_supervision": "also train a 1x1 head on each decoder block but the last (loss x0.5)",
     "image_size": "square training size in pixels; evaluate and predict use it too",
-    "epochs": "total number of epochs, counting resumed ones",
+    "epochs": "total number of epochs, counting resumed ones; with --time_budget, the most it "
+    "may choose",
+    "time_budget": "finish training, validation and checkpoints within DURATION (90s, 30m, 2h, "
+    "1h30m): a measurement of a few steps before epoch 1 chooses the epochs, at most --epochs "
+    "(default the preset's); a resumed run keeps them. Default on a CPU without --epochs: "
+    f"{duration_flag(CPU_TIME_BUDGET_S)}; on a GPU: none",
     "batch_size": "images per batch and process (torchrun: a step takes batch_size x processes)",
     "learning_rate": "peak learning rate of the schedule, at most 1",
     "weight_decay": "weight decay, at most 1",

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from petseg.budget import duration_flag, plural
 from petseg.choices import MODEL_TYPES
 from petseg.errors import PetsegError
 
@@ -107,6 +108,8 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
 }  # fmt: skip
+# A new CPU run given neither --epochs nor --time_budget: the presets take most of a day there.
+CPU_TIME_BUDGET_S = 2 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,9 @@ class TrainConfig:
     precision: str = "auto"  # autocast, petseg.runtime.resolve_precision
     device: str = "auto"
     compile: bool = False  # torch.compile the training model
+    # Seconds the run was to finish in: a new run chose recipe.epochs (at most the ones it was
+    # given) from a measurement before its first epoch (petseg.budget); a resumed one keeps them.
+    time_budget_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +254,7 @@ LIMITS: dict[str, Bounds] = {
     "num_parts": Bounds(1),
     "part_id": Bounds(0),
     "port": Bounds(0, 65535),
+    "time_budget": Bounds(0, low_open=True),
 }
 
 # Where each `petseg train` flag goes: (part of TrainConfig, field); part "" is TrainConfig itself.
@@ -266,6 +273,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     **{item.name: ("recipe", item.name) for item in fields(RecipeConfig)},
     **{item.name: ("data", item.name) for item in fields(DataConfig)},
     **{name: ("", name) for name in ("model_path", "seed", "precision", "device", "compile")},
+    "time_budget": ("", "time_budget_s"),
 }
 # Where this process runs rather than what it trains: a resumed run takes them from the flags,
 # or their defaults, never from the checkpoint.
@@ -279,18 +287,25 @@ def train_model_path(flags: Mapping[str, Any]) -> Path:
 
 
 def resolve_train_config(
-    flags: Mapping[str, Any], resumed: TrainConfig | None = None, checkpoint: Path | None = None
+    flags: Mapping[str, Any],
+    resumed: TrainConfig | None = None,
+    checkpoint: Path | None = None,
+    *,
+    on_cpu: bool = False,
 ) -> TrainConfig:
     """The run's config: the model type's preset, or the resumed run's config (read from
     `checkpoint`), with the given flags replaced. `flags` holds only the flags given (by
     name, as in TRAIN_FLAGS, plus model_type). A resumed run refuses any flag that would
-    change its architecture or image size."""
+    change its architecture, image size or time budget. A new run `on_cpu` without --epochs
+    or --time_budget gets the time budget CPU_TIME_BUDGET_S."""
     model_path = train_model_path(flags)
     if resumed is None:
         preset = PRESETS[flags.get("model_type") or DEFAULT_MODEL_TYPE]
-        base = TrainConfig(preset.model, preset.recipe, model_path)
+        budget = CPU_TIME_BUDGET_S if default_budget_applies(flags, on_cpu) else None
+        base = TrainConfig(preset.model, preset.recipe, model_path, time_budget_s=budget)
     else:
         refuse_architecture_changes(flags, resumed, checkpoint or model_path)
+        refuse_budget_change(flags, resumed, checkpoint or model_path)
         base = replace(resumed, model_path=model_path)
         for flag in MACHINE_FLAGS:
             base = with_flag(base, flag, flag_default(flag))
@@ -298,8 +313,17 @@ def resolve_train_config(
     for flag, value in flags.items():
         if flag != "model_type":
             config = with_flag(config, flag, value)
+    if resumed is not None and "time_budget" in flags:
+        # The command that started a budget run again: its --epochs capped the epochs chosen.
+        config = with_flag(config, "epochs", min(resumed.recipe.epochs, config.recipe.epochs))
     check_train_config(config)
     return config
+
+
+def default_budget_applies(flags: Mapping[str, Any], on_cpu: bool) -> bool:
+    """Whether a new run gets CPU_TIME_BUDGET_S: on a CPU, with neither --epochs nor
+    --time_budget given."""
+    return on_cpu and "epochs" not in flags and "time_budget" not in flags
 
 
 def flag_default(flag: str) -> Any:
@@ -348,6 +372,24 @@ def refuse_architecture_changes(
             )
 
 
+def refuse_budget_change(flags: Mapping[str, Any], resumed: TrainConfig, checkpoint: Path) -> None:
+    """A resumed run keeps the epochs its time budget chose (or was given): a --time_budget
+    other than the one it started with is refused; --epochs still sets another number."""
+    given = flags.get("time_budget")
+    if given is None or given == resumed.time_budget_s:
+        return
+    epochs = resumed.recipe.epochs
+    started = (
+        f"chose its {plural(epochs, 'epoch')} for --time_budget {duration_flag(resumed.time_budget_s)}"
+        if resumed.time_budget_s is not None
+        else f"trains for --epochs {epochs}"
+    )
+    raise PetsegError(
+        f"{checkpoint}: {started}, which a resumed run keeps; drop --time_budget (--epochs N "
+        "sets another number), or pick another --model_path"
+    )
+
+
 def shown(value: Any) -> str:
     """A setting as its flag is written: 64,128 for widths, on/off for a switch."""
     if isinstance(value, bool):
@@ -366,6 +408,10 @@ def check_train_config(config: TrainConfig) -> None:
             problem = bounds.problem(value)
             if problem:
                 raise PetsegError(f"--{name} {problem}")
+    if config.time_budget_s is not None:
+        problem = LIMITS["time_budget"].problem(config.time_budget_s)
+        if problem:
+            raise PetsegError(f"--time_budget {problem}")
     if config.data.num_workers is not None and config.data.num_workers < 0:
         raise PetsegError(f"--num_workers cannot be negative, got {config.data.num_workers}")
     if isinstance(config.model, ResNet34UNetConfig):

@@ -7,9 +7,14 @@ NAME.last.pt, NAME.history.csv and NAME.curves.png; petseg.train_state reads the
 
 from __future__ import annotations
 
+import copy
 import functools
+import itertools
+import os
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,20 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from petseg import distributed
+from petseg.budget import (
+    PROBE_STEPS,
+    PROBE_VALID_BATCHES,
+    WARMUP_STEPS,
+    EpochCost,
+    StepClock,
+    budget_line,
+    choose_epochs,
+    duration_flag,
+    estimate_line,
+    estimate_plan,
+    format_duration,
+    plural,
+)
 from petseg.checkpoint import (
     checkpoint_config,
     curves_path,
@@ -37,6 +56,7 @@ from petseg.config import (
     DataConfig,
     RecipeConfig,
     TrainConfig,
+    default_budget_applies,
     resolve_train_config,
     train_model_path,
 )
@@ -60,13 +80,20 @@ from petseg.pictures import render_curves
 from petseg.runtime import (
     autocast,
     compiled,
+    preserved_random_state,
     resolve_device,
     resolve_precision,
     seed_everything,
     stop_requests_on_ctrl_c,
 )
 from petseg.schedules import learning_rate_at, resolve_warmup_epochs, schedule_points
-from petseg.train_state import EpochProgress, TrainState, restore_or_start, write_history
+from petseg.train_state import (
+    HISTORY_FIELDS,
+    EpochProgress,
+    TrainState,
+    restore_or_start,
+    write_history,
+)
 
 # Non-finite steps in a row after which training stops instead of skipping on.
 MAX_NONFINITE_STEPS = 5
@@ -143,17 +170,29 @@ class Run:
     data: TrainData
     step: TrainStep
     schedule: Schedule
+    planned: EpochCost  # what an epoch costs, as far as measured before epoch 1
     epoch_seconds: list[float] = field(default_factory=list)  # whole epochs, for time left
 
 
 def config_from_flags(flags: dict[str, Any]) -> TrainConfig:
     """The run's config from the flags given: over the config of the run it resumes (its
-    NAME.last.pt exists), else over the model type's preset."""
+    NAME.last.pt exists), else over the model type's preset, with a time budget on a CPU when
+    neither --epochs nor --time_budget is given (said on stderr)."""
     found = resume_checkpoint(train_model_path(flags))
-    if found is None:
-        return resolve_train_config(flags)
-    checkpoint, path = found
-    return resolve_train_config(flags, checkpoint_config(checkpoint), path)
+    if found is not None:
+        checkpoint, path = found
+        return resolve_train_config(flags, checkpoint_config(checkpoint), path)
+    on_cpu = resolve_device(flags.get("device") or "auto").type == "cpu"
+    config = resolve_train_config(flags, on_cpu=on_cpu)
+    # Before torchrun's process group exists: only the first process says it.
+    if default_budget_applies(flags, on_cpu) and os.environ.get("RANK", "0") == "0":
+        print(
+            f"petseg train: on a CPU without --epochs or --time_budget: time budget "
+            f"{duration_flag(config.time_budget_s or 0)} (at most {config.recipe.epochs} epochs); "
+            "set --time_budget DURATION or --epochs N to change it",
+            file=sys.stderr,
+        )
+    return config
 
 
 def fit(config: TrainConfig, *, world: distributed.World | None = None) -> dict[str, Any]:
@@ -161,6 +200,7 @@ def fit(config: TrainConfig, *, world: distributed.World | None = None) -> dict[
 
     world: this process's place under torchrun (see petseg.distributed); default one process.
     """
+    run_started = time.perf_counter()  # a time budget counts from here
     world = world or distributed.World(resolve_device(config.device))
     seed_everything(config.seed)
     prepare_folders_and_data(config, world)
@@ -174,10 +214,12 @@ def fit(config: TrainConfig, *, world: distributed.World | None = None) -> dict[
         return {"best_dice": state.best_dice, "epochs": state.start_epoch}
     data = make_data(config, world)
     step = make_train_step(config, state, world)
-    run = Run(config, world, state, data, step, make_schedule(config.recipe, data.steps_per_epoch))
+    schedule = make_schedule(config.recipe, data.steps_per_epoch)
+    planned = EpochCost(0.0, data.steps_per_epoch, time_validation(state.model, data, step))
+    run = plan_epochs(Run(config, world, state, data, step, schedule, planned), run_started)
     announce(run)
     with stop_requests_on_ctrl_c(enabled=not world.distributed) as stop_requested:
-        for epoch in range(state.start_epoch + 1, config.recipe.epochs + 1):
+        for epoch in range(state.start_epoch + 1, run.config.recipe.epochs + 1):
             started = time.perf_counter()
             progress = train_epoch(run, epoch, stop_requested)
             if progress.interrupted:
@@ -300,6 +342,112 @@ def make_schedule(recipe: RecipeConfig, steps_per_epoch: int) -> Schedule:
     )
 
 
+def plan_epochs(run: Run, started: float) -> Run:
+    """The run with its epochs chosen to fit its time budget (a new run with one), said in a
+    line; a resumed run keeps the epochs it chose."""
+    config = run.config
+    budget_s = config.time_budget_s
+    if budget_s is None:
+        return run
+    if run.state.resumed:
+        if run.world.is_main:
+            print(
+                f"time budget {duration_flag(budget_s)}: keeping the "
+                f"{plural(config.recipe.epochs, 'epoch')} chosen when the run started"
+            )
+        return run
+    if run.world.is_main:
+        print(f"time budget {duration_flag(budget_s)}: timing a few steps to choose the epochs")
+    cost = measure_epoch(run)
+    # After the epochs: a threshold sweep, about a validation's time.
+    after_s = cost.valid_s if config.recipe.tune_threshold else 0.0
+    other_s = distributed.mean_over_ranks(time.perf_counter() - started + after_s, run.world)
+    cap = config.recipe.epochs
+    epochs = choose_epochs(budget_s, cost, cap, other_s)
+    if run.world.is_main:
+        print(budget_line(budget_s, epochs, cap, cost, other_s))
+    chosen = replace(config, recipe=replace(config.recipe, epochs=epochs))
+    schedule = make_schedule(chosen.recipe, run.data.steps_per_epoch)
+    return replace(run, config=chosen, schedule=schedule, planned=cost)
+
+
+def measure_epoch(run: Run) -> EpochCost:
+    """An epoch's cost: training steps and an epoch's files timed on copies of the model and the
+    optimizer, with every random state put back after, so that the run then trains exactly as
+    it would have unmeasured. Under torchrun, the processes' mean."""
+    model, optimizer = copy.deepcopy((run.state.model, run.state.optimizer))
+    scaler = torch.amp.GradScaler(run.world.device.type) if run.step.scaler is not None else None
+    wrapped = compiled(distributed.wrap_model(model, run.world), run.config.compile)
+    step = replace(run.step, model=wrapped, optimizer=optimizer, scaler=scaler, progress=False)
+    probe_state = TrainState(model, optimizer, 0, float("-inf"), [])
+    probe = replace(run, step=step, state=probe_state)
+    with preserved_random_state():
+        step_s, timed = time_training_steps(step, run.data.train_loader, run.data.steps_per_epoch)
+        save_s = time_epoch_files(probe) if run.world.is_main else 0.0
+    return EpochCost(
+        distributed.mean_over_ranks(step_s, run.world),
+        run.data.steps_per_epoch,
+        distributed.mean_over_ranks(run.planned.valid_s, run.world),
+        distributed.mean_over_ranks(save_s, run.world) * run.world.size,  # rank 0's alone
+        timed,
+    )
+
+
+def time_training_steps(step: TrainStep, loader: DataLoader, steps: int) -> tuple[float, int]:
+    """Seconds per training step after WARMUP_STEPS untimed ones, over up to PROBE_STEPS steps
+    (fewer in a shorter epoch); and how many were timed."""
+    untimed = max(0, min(WARMUP_STEPS, steps - 1))
+    timed = max(1, min(PROBE_STEPS, steps - untimed))
+    clock = StepClock(untimed, timed)
+    step.model.train()
+    step_s = 0.0
+    for images, masks in itertools.islice(loader, untimed + timed):
+        forward_backward(step, images, masks)
+        optimizer_step(step)
+        synchronize(step.device)
+        step_s = clock.tick() or step_s
+    return step_s, timed
+
+
+def time_epoch_files(probe: Run) -> float:
+    """Seconds to write an epoch's files (best and last checkpoints, history, curves), written
+    by the code that writes them into a temporary folder beside the model."""
+    model_path = probe.config.model_path
+    with tempfile.TemporaryDirectory(prefix=".petseg-probe-", dir=model_path.parent) as folder:
+        config = replace(probe.config, model_path=Path(folder) / model_path.name)
+        probe.state.history.append({**dict.fromkeys(HISTORY_FIELDS, 1.0), "epoch": 1})
+        files = replace(probe, config=config)
+        started = time.perf_counter()
+        save_epoch_files(files, 1, training_checkpoint(files, 1), improved=True)
+        return time.perf_counter() - started
+
+
+def time_validation(model: nn.Module, data: TrainData, step: TrainStep) -> float:
+    """Seconds to validate once, from 1 + PROBE_VALID_BATCHES batches of the valid split (the
+    first untimed unless it is the only one). Validating leaves the model as it was."""
+    marks: list[float] = []
+    batches = min(len(data.valid_loader), 1 + PROBE_VALID_BATCHES)
+
+    def marked() -> Iterator[Any]:
+        for batch in itertools.islice(data.valid_loader, batches):
+            marks.append(time.perf_counter())  # batch loaded: the one before it is done
+            yield batch
+
+    evaluate_model(
+        model, marked(), step.device, loss_fn=step.loss_fn, progress=False, precision=step.precision
+    )
+    synchronize(step.device)
+    timed = marks[1:] or marks
+    per_batch = (time.perf_counter() - timed[0]) / len(timed) if timed else 0.0
+    return per_batch * len(data.valid_loader)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock reading includes it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def announce(run: Run) -> None:
     """What trains, where, on what, and with which recipe."""
     config, state, data, world = run.config, run.state, run.data, run.world
@@ -330,7 +478,8 @@ def train_epoch(run: Run, epoch: int, stop: Callable[[], bool]) -> EpochProgress
     data.sampler.set_epoch(epoch)
     data.generator.manual_seed(epoch_seed)
     data.train_set.set_augment_seed(epoch_seed)
-    start = run.state.partial if epoch == run.state.start_epoch + 1 else EpochProgress()
+    first = epoch == run.state.start_epoch + 1
+    start = run.state.partial if first else EpochProgress()
     data.sampler.skip = start.batches * config.recipe.batch_size
     return train_one_epoch(
         run.step,
@@ -339,7 +488,25 @@ def train_epoch(run: Run, epoch: int, stop: Callable[[], bool]) -> EpochProgress
         start=start,
         stop=stop,
         learning_rate=functools.partial(run.schedule.rate, epoch),
+        on_step=estimate_when_timed(run) if first and run.world.is_main else None,
     )
+
+
+def estimate_when_timed(run: Run) -> Callable[[], None]:
+    """Called after each step of the run's first epoch, it prints the run's estimated duration
+    once it has timed enough steps (budget.estimate_plan)."""
+    state = run.state
+    clock = StepClock(*estimate_plan(run.data.steps_per_epoch - state.partial.batches))
+    epochs = run.config.recipe.epochs - state.start_epoch
+
+    def on_step() -> None:
+        step_s = clock.tick()
+        if step_s is not None:
+            cost = replace(run.planned, step_s=step_s)
+            size = run.config.recipe.image_size
+            tqdm.write(estimate_line(cost, epochs, size, resumed=state.resumed))
+
+    return on_step
 
 
 def train_one_epoch(
@@ -350,12 +517,14 @@ def train_one_epoch(
     start: EpochProgress | None = None,
     stop: Callable[[], bool] = lambda: False,
     learning_rate: Callable[[int], float] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> EpochProgress:
     """One pass over the loader; returns the progress, whose mean_loss is per image.
 
     start: progress of an interrupted pass this one continues (the loader skips its batches).
     stop: polled before each batch; when it answers True the pass ends early, interrupted.
     learning_rate: the rate for the epoch's batch number (1-based), set before each step.
+    on_step: called after each optimizer step.
     A step whose loss or gradients are not finite is skipped with a warning (the weights stay
     as they were); `step.max_nonfinite` such steps in a row stop training with a PetsegError.
     """
@@ -382,6 +551,8 @@ def train_one_epoch(
         else:
             nonfinite_in_a_row = 0
         optimizer_step(step)
+        if on_step is not None:
+            on_step()
         if finite:
             done.loss_sum += loss.item() * images.shape[0]
             done.images += images.shape[0]
@@ -621,11 +792,7 @@ def time_left(epoch_seconds: list[float], epochs_left: int) -> str:
     if epochs_left <= 0 or not epoch_seconds:
         return ""
     left = epochs_left * sum(epoch_seconds) / len(epoch_seconds)
-    if left < 90:
-        return f", about {max(left, 1):.0f} s left"
-    if left < 90 * 60:
-        return f", about {left / 60:.0f} min left"
-    return f", about {left / 3600:.1f} h left"
+    return f", about {format_duration(left)} left"
 
 
 def written_files(model_path: Path) -> str:

@@ -69,6 +69,7 @@ class TrainState:
     history: list[dict[str, Any]]
     partial: EpochProgress = field(default_factory=EpochProgress)  # steps into the next epoch
     grad_scaler: dict[str, Any] | None = None  # fp16's loss scale, when the run used one
+    resumed: bool = False  # restored from NAME.last.pt, not started afresh
 
 
 def restore_or_start(config: TrainConfig, device: torch.device) -> TrainState:
@@ -107,6 +108,7 @@ def restore_or_start(config: TrainConfig, device: torch.device) -> TrainState:
         read_history(history_path(config.model_path), upto=epoch),
         EpochProgress(**checkpoint.get("partial_epoch", {})),
         checkpoint.get("grad_scaler"),
+        resumed=True,
     )
     into_next = f" and {state.partial.batches} batches of epoch {epoch + 1}"
     print(
