@@ -20,7 +20,6 @@ from petseg.pictures import (
     overlay,
     render_curves,
     render_gallery,
-    save_png,
     to_uint8_image,
     truth_picture,
 )
@@ -94,16 +93,6 @@ def test_cutout_alpha_is_the_mask_and_rgb_is_the_image() -> None:
     assert np.array_equal(cutout(image, mask > 0)[..., 3], mask)  # a boolean mask too
     with pytest.raises(ValueError):
         cutout(image, mask[:, :6])
-
-
-def test_saved_cutout_is_an_rgba_png_with_the_same_pixels(tmp_path) -> None:
-    image = photo(6, 9, seed=2)
-    mask = (photo(6, 9, seed=3)[..., 0] > 128).astype(np.uint8) * 255
-    path = tmp_path / "pet_cutout.png"
-    save_png(path, cutout(image, mask))
-    with Image.open(path) as saved:
-        assert saved.format == "PNG" and saved.mode == "RGBA"
-        assert np.array_equal(np.asarray(saved), cutout(image, mask))
 
 
 def test_to_uint8_image_undoes_the_eval_normalization() -> None:

@@ -10,7 +10,6 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,9 +17,6 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
-
-from petseg.files import atomic_writer
 
 FALSE_POSITIVE_RGB = (235, 40, 40)  # red: predicted pet, is background
 FALSE_NEGATIVE_RGB = (40, 110, 245)  # blue: pet the prediction missed
@@ -76,12 +72,6 @@ def to_uint8_image(image: torch.Tensor, mean: Sequence[float], std: Sequence[flo
     std_t = torch.tensor(std, dtype=image.dtype).view(3, 1, 1)
     pixels = (image.cpu() * std_t + mean_t).mul(255).round().clamp(0, 255)
     return pixels.to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def save_png(path: Path, pixels: np.ndarray) -> None:
-    """Save (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA uint8 pixels as a PNG, atomically."""
-    with atomic_writer(path) as handle:
-        Image.fromarray(pixels).save(handle, format="PNG")
 
 
 def _png_bytes(figure: Figure) -> bytes:
