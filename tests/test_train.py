@@ -13,10 +13,12 @@ from PIL import Image
 from torch import nn
 
 from petseg.cli import main
+from petseg.config import resolve_train_config
 from petseg.errors import PetsegError
 from petseg.evaluate import evaluate_model
 from petseg.models import build_model
 from petseg.train import TrainStep, gradients_finite, time_left, train_one_epoch
+from petseg.train_state import build_optimizer
 
 CPU = torch.device("cpu")
 
@@ -264,3 +266,11 @@ def test_clip_grad_caps_the_norm_of_the_step(with_scaler: bool, fraction: float)
     torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-7)
     if fraction == 0.25:
         assert float(step.norm()) == pytest.approx(0.25 * norm, rel=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_the_optimizer_runs_the_fused_kernel_on_a_cpu(optimizer: str) -> None:
+    recipe = resolve_train_config({"optimizer": optimizer}).recipe
+    built = build_optimizer(nn.Conv2d(3, 1, 1), recipe)
+    assert built.defaults["fused"] is True
+    assert type(built).__name__.lower() == optimizer

@@ -140,6 +140,9 @@ def restore_missing_best(best_path: Path, last: dict[str, Any], best_dice: float
     return float("-inf")
 
 
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")  # where torch has fused Adam and AdamW kernels
+
+
 def build_optimizer(model: nn.Module, recipe: RecipeConfig) -> torch.optim.Optimizer:
     """Adam (L2 penalty in the gradient) or AdamW (decoupled weight decay), one parameter group."""
     if recipe.optimizer not in OPTIMIZERS:
@@ -147,7 +150,15 @@ def build_optimizer(model: nn.Module, recipe: RecipeConfig) -> torch.optim.Optim
             f"unknown optimizer {recipe.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
         )
     kind = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
-    return kind(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    # The fused kernel updates all tensors in one pass: on a 2-core CPU a ResNet34-UNet's AdamW
+    # step takes 21 ms against the default's 75 ms (bench/optimizer_step.py).
+    fused = next(model.parameters()).device.type in FUSED_OPTIMIZER_DEVICES
+    return kind(
+        model.parameters(),
+        lr=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        fused=fused or None,
+    )
 
 
 def resume_hint(model_path: Path) -> str:
