@@ -19,7 +19,9 @@ trainval lines whose index % 10 != 0, test = test.txt, read by petseg.data), it 
           bench/quality.py REFERENCE_MODELS); a constant rate makes each epoch a true prefix.
 
 Seconds are training time only: data loading and the optimizer steps of every epoch, summed;
-validation, test scoring and start-up are off the clock for all runs alike. Dice is the test
+validation, test scoring and start-up are off the clock for all runs alike. Start-up includes
+the steps a --progressive petseg run times at both sizes before epoch 1 for its estimate (about
+16 steps, a few seconds; its history's train_seconds leave them out). Dice is the test
 split's mean per-image Dice at threshold 0.5 (petseg.metrics) at the training size.
 
 It prints one table (seconds to reach each of --levels, final Dice, training seconds per run)

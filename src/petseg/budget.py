@@ -77,32 +77,76 @@ class EpochCost:
     valid_s: float  # validating once
     save_s: float = 0.0  # writing an epoch's files; 0 where not measured
     timed_steps: int = 0  # how many steps step_s was measured on
+    low_res_step_s: float | None = None  # a step at half size (--progressive); None: step_s
 
     @property
     def epoch_s(self) -> float:
         return self.step_s * self.steps + self.valid_s + self.save_s
 
+    @property
+    def low_res_epoch_s(self) -> float:
+        """An epoch at half size: its steps cost low_res_step_s, the rest the same."""
+        step_s = self.step_s if self.low_res_step_s is None else self.low_res_step_s
+        return step_s * self.steps + self.valid_s + self.save_s
 
-def choose_epochs(budget_s: float, cost: EpochCost, cap: int, other_s: float = 0.0) -> int:
+    def run_s(self, epochs: int, low_res_epochs: int = 0) -> float:
+        """`epochs` epochs, `low_res_epochs` of them at half size."""
+        return low_res_epochs * self.low_res_epoch_s + (epochs - low_res_epochs) * self.epoch_s
+
+
+def low_res_epochs(progressive: float, epochs: int) -> int:
+    """How many of the first of `epochs` train at half size for --progressive's share: the
+    share rounded half up, and never the last epoch, which trains at the size used after."""
+    return max(0, min(epochs - 1, math.floor(progressive * epochs + 0.5)))
+
+
+def choose_epochs(
+    budget_s: float, cost: EpochCost, cap: int, other_s: float = 0.0, progressive: float = 0.0
+) -> int:
     """The most epochs, at least 1 and at most `cap`, whose time fits PLANNED_SHARE of the
-    budget, after `other_s`: time spent before epoch 1 and after the last one."""
+    budget, after `other_s`: time spent before epoch 1 and after the last one. `progressive`:
+    the share of the epochs run at half size (RecipeConfig.progressive)."""
     left = (budget_s - other_s) * PLANNED_SHARE
-    fitting = math.floor(left / cost.epoch_s) if cost.epoch_s > 0 else cap
-    return max(1, min(cap, fitting))
+
+    def fits(epochs: int) -> bool:
+        return cost.run_s(epochs, low_res_epochs(progressive, epochs)) <= left
+
+    # A run's time grows with its epochs: bisect for the last that fits.
+    most, too_many = 1, cap + 1
+    while too_many - most > 1:
+        middle = (most + too_many) // 2
+        most, too_many = (middle, too_many) if fits(middle) else (most, middle)
+    return most
 
 
-def budget_line(budget_s: float, epochs: int, cap: int, cost: EpochCost, other_s: float) -> str:
+def budget_line(
+    budget_s: float,
+    epochs: int,
+    cap: int,
+    cost: EpochCost,
+    other_s: float,
+    progressive: tuple[float, int] = (0.0, 0),
+) -> str:
     """'time budget 30m: 12 epochs of about 2.4 min each (measured on 6 steps), about 29 min in
-    all', saying so when the cap or the one-epoch minimum decided."""
-    total_s = other_s + epochs * cost.epoch_s
-    capped = epochs == cap and choose_epochs(budget_s, cost, cap + 1, other_s) > cap
+    all', saying so when the cap or the one-epoch minimum decided. progressive: (the share of
+    the epochs at half size, that size in pixels)."""
+    share, low_size = progressive
+    low_epochs = low_res_epochs(share, epochs)
+    total_s = other_s + cost.run_s(epochs, low_epochs)
+    capped = epochs == cap and choose_epochs(budget_s, cost, cap + 1, other_s, share) > cap
     chosen = plural(epochs, "epoch") + (f" (the cap, --epochs {cap})" if capped else "")
     each = " each" if epochs > 1 else ""
+    at_low = (
+        f", the first {low_epochs} at {low_size} px in about "
+        f"{format_duration(cost.low_res_epoch_s)}{' each' if low_epochs > 1 else ''}"
+        if low_epochs
+        else ""
+    )
     over = ", over the budget: 1 epoch is the least" if total_s > budget_s else ""
     return (
         f"time budget {duration_flag(budget_s)}: {chosen} of about "
-        f"{format_duration(cost.epoch_s)}{each} (measured on {plural(cost.timed_steps, 'step')}), "
-        f"about {format_duration(total_s)} in all{over}"
+        f"{format_duration(cost.epoch_s)}{each}{at_low} (measured on "
+        f"{plural(cost.timed_steps, 'step')}), about {format_duration(total_s)} in all{over}"
     )
 
 
@@ -111,13 +155,31 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def estimate_line(cost: EpochCost, epochs: int, image_size: int, resumed: bool) -> str:
+def estimate_line(
+    cost: EpochCost,
+    epochs: int,
+    image_size: int,
+    resumed: bool,
+    low_res: tuple[int, int] = (0, 0),
+) -> str:
     """'estimated: about 3.2 h for 50 epochs at 128 px (about 3.8 min an epoch, with
-    validation)'; a resumed run counts the epochs it has left."""
+    validation)'; a resumed run counts the epochs it has left. low_res: (how many of those
+    epochs train at half size, that size in pixels)."""
+    low_epochs, low_size = low_res
     what = plural(epochs, "epoch") + (" left" if resumed else "")
+    total = format_duration(cost.run_s(epochs, low_epochs))
+    if low_epochs >= epochs:
+        size, epoch_s, at_low = low_size, cost.low_res_epoch_s, ""
+    else:
+        size, epoch_s = image_size, cost.epoch_s
+        at_low = (
+            f"; {low_epochs} at {low_size} px, about {format_duration(cost.low_res_epoch_s)} each"
+            if low_epochs
+            else ""
+        )
     return (
-        f"estimated: about {format_duration(epochs * cost.epoch_s)} for {what} at {image_size} px"
-        f" (about {format_duration(cost.epoch_s)} an epoch, with validation)"
+        f"estimated: about {total} for {what} at {size} px (about {format_duration(epoch_s)} an "
+        f"epoch, with validation{at_low})"
     )
 
 

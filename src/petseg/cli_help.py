@@ -52,6 +52,8 @@ HELP = {
     "warmup_epochs": "epochs of rising rate: the cosine schedule's linear warmup (default 1) "
     "or the onecycle schedule's rise (default 30%% of the steps)",
     "clip_grad": "clip the gradients' global L2 norm to MAX_NORM before each step; 0 = never",
+    "progressive": "train the first SHARE of the epochs at half --image_size (each batch "
+    "downscaled 2x after augmentation), the rest, and always the last, at full size; 0 = never",
     "loss": "bce, soft Dice (per image), or their sum",
     "optimizer": "adamw = Adam with decoupled weight decay",
     "scheduler": "learning rate per step: constant; cosine (linear warmup, then decay to 1%% "

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from petseg.budget import duration_flag, plural
+from petseg.budget import duration_flag, low_res_epochs, plural
 from petseg.choices import MODEL_TYPES
 from petseg.errors import PetsegError
 
@@ -74,6 +74,14 @@ class RecipeConfig:
     augment: str  # petseg.choices.AUGMENTS
     clip_grad: float  # the gradients' largest global L2 norm before each step; 0: no clipping
     tune_threshold: bool  # choose the decision threshold on the valid split after training
+    # The share of the epochs, the first ones, that train at half image_size (each augmented
+    # batch downscaled 2x): cheaper epochs, by how much depends on the batch and the device.
+    progressive: float = 0.0
+
+    @property
+    def low_res_epochs(self) -> int:
+        """How many of the first epochs train at half image_size (petseg.budget)."""
+        return low_res_epochs(self.progressive, self.epochs)
 
 
 @dataclass(frozen=True)
@@ -246,6 +254,7 @@ LIMITS: dict[str, Bounds] = {
     "weight_decay": Bounds(0, 1),
     "warmup_epochs": Bounds(0),
     "clip_grad": Bounds(0),
+    "progressive": Bounds(0, 1, high_open=True),
     "drop_path": Bounds(0, 1, high_open=True),
     "threshold": Bounds(0, 1, low_open=True, high_open=True),
     "gallery": Bounds(1, 100),  # rows of one contact sheet

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
@@ -95,6 +96,8 @@ from petseg.train_state import (
     write_history,
 )
 
+# How much --progressive's first epochs downscale their batches.
+LOW_RES_FACTOR = 2
 # Non-finite steps in a row after which training stops instead of skipping on.
 MAX_NONFINITE_STEPS = 5
 # Decision thresholds tried on the valid split after training (--tune_threshold).
@@ -344,18 +347,19 @@ def make_schedule(recipe: RecipeConfig, steps_per_epoch: int) -> Schedule:
 
 def plan_epochs(run: Run, started: float) -> Run:
     """The run with its epochs chosen to fit its time budget (a new run with one), said in a
-    line; a resumed run keeps the epochs it chose."""
+    line; a resumed run keeps the epochs it chose. A run with --progressive epochs left times
+    its steps at both sizes here, for its estimates."""
     config = run.config
     budget_s = config.time_budget_s
-    if budget_s is None:
-        return run
-    if run.state.resumed:
-        if run.world.is_main:
+    if budget_s is None or run.state.resumed:
+        if budget_s is not None and run.world.is_main:
             print(
                 f"time budget {duration_flag(budget_s)}: keeping the "
                 f"{plural(config.recipe.epochs, 'epoch')} chosen when the run started"
             )
-        return run
+        # The live estimate times epoch 1's steps: at half size, it needs the full size's too.
+        low_res_left = config.recipe.low_res_epochs > run.state.start_epoch
+        return replace(run, planned=measure_epoch(run)) if low_res_left else run
     if run.world.is_main:
         print(f"time budget {duration_flag(budget_s)}: timing a few steps to choose the epochs")
     cost = measure_epoch(run)
@@ -363,9 +367,11 @@ def plan_epochs(run: Run, started: float) -> Run:
     after_s = cost.valid_s if config.recipe.tune_threshold else 0.0
     other_s = distributed.mean_over_ranks(time.perf_counter() - started + after_s, run.world)
     cap = config.recipe.epochs
-    epochs = choose_epochs(budget_s, cost, cap, other_s)
+    progressive = config.recipe.progressive
+    epochs = choose_epochs(budget_s, cost, cap, other_s, progressive)
     if run.world.is_main:
-        print(budget_line(budget_s, epochs, cap, cost, other_s))
+        low_size = config.recipe.image_size // LOW_RES_FACTOR
+        print(budget_line(budget_s, epochs, cap, cost, other_s, (progressive, low_size)))
     chosen = replace(config, recipe=replace(config.recipe, epochs=epochs))
     schedule = make_schedule(chosen.recipe, run.data.steps_per_epoch)
     return replace(run, config=chosen, schedule=schedule, planned=cost)
@@ -381,28 +387,38 @@ def measure_epoch(run: Run) -> EpochCost:
     step = replace(run.step, model=wrapped, optimizer=optimizer, scaler=scaler, progress=False)
     probe_state = TrainState(model, optimizer, 0, float("-inf"), [])
     probe = replace(run, step=step, state=probe_state)
+    steps = run.data.steps_per_epoch
     with preserved_random_state():
-        step_s, timed = time_training_steps(step, run.data.train_loader, run.data.steps_per_epoch)
+        step_s, timed = time_training_steps(step, run.data.train_loader, steps)
+        low_res_step_s = (
+            time_training_steps(step, run.data.train_loader, steps, LOW_RES_FACTOR)[0]
+            if run.config.recipe.progressive > 0
+            else None
+        )
         save_s = time_epoch_files(probe) if run.world.is_main else 0.0
     return EpochCost(
         distributed.mean_over_ranks(step_s, run.world),
-        run.data.steps_per_epoch,
+        steps,
         distributed.mean_over_ranks(run.planned.valid_s, run.world),
         distributed.mean_over_ranks(save_s, run.world) * run.world.size,  # rank 0's alone
         timed,
+        None if low_res_step_s is None else distributed.mean_over_ranks(low_res_step_s, run.world),
     )
 
 
-def time_training_steps(step: TrainStep, loader: DataLoader, steps: int) -> tuple[float, int]:
-    """Seconds per training step after WARMUP_STEPS untimed ones, over up to PROBE_STEPS steps
-    (fewer in a shorter epoch); and how many were timed."""
+def time_training_steps(
+    step: TrainStep, loader: DataLoader, steps: int, downscale: int = 1
+) -> tuple[float, int]:
+    """Seconds per training step (its batches downscaled by `downscale`) after WARMUP_STEPS
+    untimed ones, over up to PROBE_STEPS steps (fewer in a shorter epoch); and how many were
+    timed."""
     untimed = max(0, min(WARMUP_STEPS, steps - 1))
     timed = max(1, min(PROBE_STEPS, steps - untimed))
     clock = StepClock(untimed, timed)
     step.model.train()
     step_s = 0.0
     for images, masks in itertools.islice(loader, untimed + timed):
-        forward_backward(step, images, masks)
+        forward_backward(step, images, masks, downscale)
         optimizer_step(step)
         synchronize(step.device)
         step_s = clock.tick() or step_s
@@ -481,30 +497,45 @@ def train_epoch(run: Run, epoch: int, stop: Callable[[], bool]) -> EpochProgress
     first = epoch == run.state.start_epoch + 1
     start = run.state.partial if first else EpochProgress()
     data.sampler.skip = start.batches * config.recipe.batch_size
+    downscale = epoch_downscale(config.recipe, epoch)
+    at = f" at {config.recipe.image_size // downscale} px" if downscale > 1 else ""
     return train_one_epoch(
         run.step,
         data.train_loader,
-        desc=f"epoch {epoch}/{config.recipe.epochs}",
+        desc=f"epoch {epoch}/{config.recipe.epochs}{at}",
         start=start,
         stop=stop,
         learning_rate=functools.partial(run.schedule.rate, epoch),
         on_step=estimate_when_timed(run) if first and run.world.is_main else None,
+        downscale=downscale,
     )
+
+
+def epoch_downscale(recipe: RecipeConfig, epoch: int) -> int:
+    """The factor epoch `epoch` (1-based) downscales its batches by: LOW_RES_FACTOR in the
+    first recipe.low_res_epochs (--progressive), else 1."""
+    return LOW_RES_FACTOR if epoch <= recipe.low_res_epochs else 1
 
 
 def estimate_when_timed(run: Run) -> Callable[[], None]:
     """Called after each step of the run's first epoch, it prints the run's estimated duration
     once it has timed enough steps (budget.estimate_plan)."""
-    state = run.state
+    state, recipe = run.state, run.config.recipe
     clock = StepClock(*estimate_plan(run.data.steps_per_epoch - state.partial.batches))
-    epochs = run.config.recipe.epochs - state.start_epoch
+    epochs = recipe.epochs - state.start_epoch
+    low_res = (
+        max(0, recipe.low_res_epochs - state.start_epoch),
+        recipe.image_size // LOW_RES_FACTOR,
+    )
+    # The epoch timed is at half size when any is left; the full size's steps were timed before.
+    timed = "low_res_step_s" if low_res[0] else "step_s"
 
     def on_step() -> None:
         step_s = clock.tick()
         if step_s is not None:
-            cost = replace(run.planned, step_s=step_s)
-            size = run.config.recipe.image_size
-            tqdm.write(estimate_line(cost, epochs, size, resumed=state.resumed))
+            cost = replace(run.planned, **{timed: step_s})
+            line = estimate_line(cost, epochs, recipe.image_size, state.resumed, low_res)
+            tqdm.write(line)
 
     return on_step
 
@@ -518,6 +549,7 @@ def train_one_epoch(
     stop: Callable[[], bool] = lambda: False,
     learning_rate: Callable[[int], float] | None = None,
     on_step: Callable[[], None] | None = None,
+    downscale: int = 1,
 ) -> EpochProgress:
     """One pass over the loader; returns the progress, whose mean_loss is per image.
 
@@ -525,6 +557,7 @@ def train_one_epoch(
     stop: polled before each batch; when it answers True the pass ends early, interrupted.
     learning_rate: the rate for the epoch's batch number (1-based), set before each step.
     on_step: called after each optimizer step.
+    downscale: above 1, each batch's images and masks are averaged down by this factor first.
     A step whose loss or gradients are not finite is skipped with a warning (the weights stay
     as they were); `step.max_nonfinite` such steps in a row stop training with a PetsegError.
     """
@@ -542,7 +575,7 @@ def train_one_epoch(
         if learning_rate is not None:
             for group in step.optimizer.param_groups:
                 group["lr"] = learning_rate(done.batches)
-        loss, finite = forward_backward(step, images, masks)
+        loss, finite = forward_backward(step, images, masks, downscale)
         if not finite:
             nonfinite_in_a_row += 1
             stop_when_diverged(step, desc, done.batches, nonfinite_in_a_row)
@@ -561,11 +594,15 @@ def train_one_epoch(
 
 
 def forward_backward(
-    step: TrainStep, images: torch.Tensor, masks: torch.Tensor
+    step: TrainStep, images: torch.Tensor, masks: torch.Tensor, downscale: int = 1
 ) -> tuple[torch.Tensor, bool]:
-    """The batch's loss after its backward pass, and whether loss and gradients are finite."""
+    """The batch's loss after its backward pass, and whether loss and gradients are finite.
+    downscale: above 1, images and masks are first averaged over downscale x downscale blocks
+    (the masks' border pixels become fractions, which BCE and soft Dice take as they are)."""
     images = images.to(step.device, non_blocking=True)
     masks = masks.to(step.device, non_blocking=True)
+    if downscale > 1:
+        images, masks = F.avg_pool2d(images, downscale), F.avg_pool2d(masks, downscale)
     with autocast(step.device, step.precision):
         outputs = step.model(images)  # (N, 1, H, W) logits, or (logits, aux) with deep supervision
     logits, aux = outputs if isinstance(outputs, tuple) else (outputs, [])
@@ -782,6 +819,11 @@ def describe_recipe(recipe: RecipeConfig) -> str:
         f"weight decay {recipe.weight_decay:g}, {recipe.scheduler} schedule{warmup}, "
         f"{recipe.augment} augmentation, batch {recipe.batch_size}, "
         + (f"gradient norm clipped to {recipe.clip_grad:g}, " if recipe.clip_grad else "")
+        + (
+            f"epochs 1-{recipe.low_res_epochs} at {recipe.image_size // LOW_RES_FACTOR} px, "
+            if recipe.low_res_epochs
+            else ""
+        )
         + "threshold "
         + ("tuned on valid" if recipe.tune_threshold else "0.5")
     )
