@@ -16,6 +16,7 @@ from petseg.files import (
     atomic_write_text,
     atomic_writer,
     check_output_file,
+    probe_folder,
     remove_stale_temps,
 )
 
@@ -129,6 +130,29 @@ def test_stale_temps_of_a_killed_write_are_removed_and_nothing_else(tmp_path: Pa
         path.write_text("x")
     check_output_file(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in [target, *kept])
+
+
+def test_a_probe_folder_a_killed_run_left_is_removed_and_nothing_else(tmp_path: Path) -> None:
+    target = tmp_path / "m.pt"
+    with probe_folder(target) as live:  # the name a measurement gets
+        assert Path(live).name.startswith(".m.pt.") and Path(live).name.endswith(".probe")
+    stale = tmp_path / ".m.pt.ab_12cd9.probe"
+    (stale / "m.pt").parent.mkdir()
+    (stale / "m.pt").write_text("a checkpoint written to time it")
+    kept = [
+        tmp_path / ".m.pt.abcdefgh.probe.d",  # not the name
+        tmp_path / ".other.pt.abcdefgh.probe",  # another model's, perhaps being measured now
+        tmp_path / ".m.pt.12345678.tmp",  # a folder where a temp file would be: not removed
+    ]
+    for folder in kept:
+        folder.mkdir()
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("x")
+    (tmp_path / ".m.pt.symlink1.probe").symlink_to(outside)
+    check_output_file(target)
+    assert not stale.exists() and all(folder.is_dir() for folder in kept)
+    assert (outside / "keep.txt").exists()
 
 
 def test_a_probe_removed_by_another_process_is_not_an_error(tmp_path, monkeypatch) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, BinaryIO, cast
 from petseg.errors import PetsegError
 
 TEMP_SUFFIX = ".tmp"
+PROBE_SUFFIX = ".probe"  # probe_folder's
 # What to do about a failed write, by errno; other errors get the system's words only.
 WRITE_HINTS: dict[int, str] = {
     errno.ENOSPC: "free some disk space and run again",
@@ -77,10 +79,20 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
+def probe_folder(path: Path) -> tempfile.TemporaryDirectory:
+    """A temporary folder beside `path` for trial writes of its files (a time measurement);
+    the next check_output_file(path) removes one that a killed run left."""
+    return tempfile.TemporaryDirectory(
+        prefix=_temp_prefix(path), suffix=PROBE_SUFFIX, dir=Path(path).parent
+    )
+
+
 def stale_temps(path: Path) -> list[Path]:
-    """The temp files of atomic writes of `path` (a killed write leaves one): exactly the names
-    tempfile.mkstemp gives them, so no other file is ever matched."""
-    pattern = re.compile(re.escape(_temp_prefix(path)) + r"[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+    """The temp files of atomic writes of `path` (a killed write leaves one) and its probe
+    folders: exactly the names tempfile gives them, so nothing else is ever matched."""
+    names = re.escape(_temp_prefix(path)) + r"[a-z0-9_]{8}"
+    file_name = re.compile(names + re.escape(TEMP_SUFFIX))
+    folder_name = re.compile(names + re.escape(PROBE_SUFFIX))
     try:
         entries = list(path.parent.iterdir())
     except OSError:
@@ -88,14 +100,22 @@ def stale_temps(path: Path) -> list[Path]:
     return [
         entry
         for entry in entries
-        if pattern.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink()
+        if not entry.is_symlink()
+        and (
+            (file_name.fullmatch(entry.name) and entry.is_file())
+            or (folder_name.fullmatch(entry.name) and entry.is_dir())
+        )
     ]
 
 
 def remove_stale_temps(path: Path) -> list[Path]:
-    """Delete the temp files stale_temps finds; returns them."""
+    """Delete the temp files and folders stale_temps finds; returns them."""
     removed = []
     for temp in stale_temps(Path(path)):
+        if temp.is_dir():  # best effort: a folder only a killed measurement wrote into
+            shutil.rmtree(temp, ignore_errors=True)
+            removed.append(temp)
+            continue
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
             removed.append(temp)

@@ -12,7 +12,6 @@ import functools
 import itertools
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -75,7 +74,7 @@ from petseg.data.transforms import (
 from petseg.divergence import counts_as_best, diverged_message, divergence
 from petseg.errors import PetsegError
 from petseg.evaluate import choose_threshold, evaluate_model, sweep_thresholds
-from petseg.files import atomic_write_bytes, check_output_files
+from petseg.files import atomic_write_bytes, check_output_files, probe_folder
 from petseg.losses import LossFn, deep_supervision_loss, get_loss
 from petseg.pictures import render_curves
 from petseg.runtime import (
@@ -429,7 +428,7 @@ def time_epoch_files(probe: Run) -> float:
     """Seconds to write an epoch's files (best and last checkpoints, history, curves), written
     by the code that writes them into a temporary folder beside the model."""
     model_path = probe.config.model_path
-    with tempfile.TemporaryDirectory(prefix=".petseg-probe-", dir=model_path.parent) as folder:
+    with probe_folder(model_path) as folder:
         config = replace(probe.config, model_path=Path(folder) / model_path.name)
         probe.state.history.append({**dict.fromkeys(HISTORY_FIELDS, 1.0), "epoch": 1})
         files = replace(probe, config=config)
