@@ -40,6 +40,8 @@ summary line (machine: CPU model, native bf16, threads, torch version, commit) t
     python bench/time_to_dice.py DATA --model_type unet
     # a lever for petseg's default: `petseg train` flags after -- go to the petseg run only
     python bench/time_to_dice.py DATA --runs petseg -- --batch_size 16 --learning-rate 2e-3
+    # the picture of the last invocation in a results file, again, without training
+    python bench/time_to_dice.py --replot bench/results/time-to-dice.jsonl --plot PNG
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -358,14 +361,70 @@ def render_plot(curves: Sequence[Curve], title: str) -> bytes:
             linewidth=1,
             label=f"smp's final Dice; {TARGET_TIME_SHARE:.0%} of its time",
         )
+    bottom = axis_bottom(curves)
+    axes.set_ylim(bottom=bottom)
     axes.set_xlabel("training seconds (evaluation excluded)")
-    axes.set_ylabel("test Dice (mean per-image, threshold 0.5)")
+    axes.set_ylabel(f"test Dice (mean per-image, threshold 0.5; from {bottom:g})")
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="best")
     stream = io.BytesIO()
     FigureCanvasAgg(figure).print_png(stream)
     return stream.getvalue()
+
+
+def axis_bottom(curves: Sequence[Curve]) -> float:
+    """Where the Dice axis starts: 0.15 below the lowest final Dice, on a 0.05 step, so the
+    region the runs end in fills the picture (their first epochs may start below it)."""
+    lowest = min(curve.final.dice for curve in curves) - 0.15
+    return max(0.0, math.floor(round(lowest / 0.05, 6)) * 0.05)
+
+
+def curves_from_lines(path: Path) -> tuple[list[Curve], str, dict[str, Any]]:
+    """The curves of the last invocation recorded in a JSON-lines file (its summary line and
+    the run lines sharing its `started`), with its model type and image size."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    summaries = [
+        line for line in lines if line.get("benchmark") == "time_to_dice" and line.get("summary")
+    ]
+    if not summaries:
+        raise SystemExit(f"time_to_dice: {path}: holds no time_to_dice summary line")
+    last = summaries[-1]
+    runs = [
+        line
+        for line in lines
+        if line.get("benchmark") == "time_to_dice"
+        and not line.get("summary")
+        and line["started"] == last["started"]
+    ]
+    curves = [
+        Curve(
+            line["run"],
+            line["label"],
+            line["recipe"],
+            tuple(Point(**point) for point in line["points"]),
+            line["curve"] == "budgets",
+            line["precision"],
+        )
+        for line in runs
+    ]
+    return curves, last["started"], last
+
+
+def plot_title(model_type: str, image_size: int, seed: int) -> str:
+    return f"{model_type} at {image_size} px, seed {seed}: test Dice against time"
+
+
+def replot(args: argparse.Namespace) -> int:
+    """Draw the last invocation in --replot's file again, without training."""
+    curves, _, summary = curves_from_lines(args.replot)
+    plot = args.plot_given or args.replot.with_name(
+        f"time-to-dice-{summary['model_type']}-{summary['image_size']}px.png"
+    )
+    title = plot_title(summary["model_type"], summary["image_size"], summary["seed"])
+    atomic_write_bytes(plot, render_plot(curves, title))
+    print(f"drew {plot} from {len(curves)} runs in {args.replot}")
+    return 0
 
 
 # --- the command ------------------------------------------------------------------------------
@@ -378,7 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("data_dir", type=Path, help="the dataset folder (images/, annotations/)")
+    add(
+        "data_dir",
+        type=Path,
+        nargs="?",
+        help="the dataset folder (images/, annotations/); not needed with --replot",
+    )
     add("--image_size", type=int, default=128)
     add("--model_type", choices=sorted(REFERENCE_MODELS), default="resnet34_unet")
     add(
@@ -420,6 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the PNG, replaced (default beside OUT: time-to-dice-MODEL-SIZEpx.png)",
     )
     add(
+        "--replot",
+        type=Path,
+        default=None,
+        metavar="JSONL",
+        help="train nothing: draw the last invocation recorded in JSONL again (to --plot)",
+    )
+    add(
         "--work_dir",
         type=Path,
         default=None,
@@ -441,7 +512,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"--runs: unknown {', '.join(unknown)}; choose from {', '.join(RUNS)}")
     if min(args.budgets) < 1 or args.reference_epochs < 1:
         parser.error("--budgets and --reference_epochs need at least 1 epoch each")
+    if args.data_dir is None and args.replot is None:
+        parser.error("the dataset folder is required (or --replot JSONL)")
     args.budgets = sorted(set(args.budgets))
+    args.plot_given = args.plot
     args.plot = args.plot or args.out.with_name(
         f"time-to-dice-{args.model_type}-{args.image_size}px.png"
     )
@@ -484,6 +558,8 @@ def smp_importable() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.replot is not None:
+        return replot(args)
     try:
         check_inputs(args)
         machine = environment(args.device, "auto")
@@ -492,9 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         comparisons, checked = judge(args, curves)
         print(report(args, curves, comparisons, checked))
         append_lines(args.out, [summary_line(args, curves, comparisons, checked, machine, started)])
-        title = (
-            f"{args.model_type} at {args.image_size} px, seed {args.seed}: test Dice against time"
-        )
+        title = plot_title(args.model_type, args.image_size, args.seed)
         atomic_write_bytes(args.plot, render_plot(curves, title))
     except PetsegError as error:
         raise SystemExit(f"time_to_dice: {error}") from None

@@ -172,6 +172,42 @@ def test_result_lines_hold_the_curves_comparisons_and_targets(tmp_path: Path) ->
     assert run["started"] == summary["started"]  # one invocation's lines belong together
 
 
+def test_replot_draws_the_last_invocation_of_a_results_file(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    args = time_to_dice.parse_args([str(tmp_path), "--out", str(out), "--image_size", "64"])
+    machine = {"cpu": "a CPU"}
+    old = [budgets((10, 100, 0.5))]
+    new = [budgets((10, 100, 0.80), (40, 200, 0.87)), epochs((250, 0.80), (500, 0.835))]
+    for started, curves in (("first", old), ("second", new)):
+        comparisons, checked = time_to_dice.judge(args, curves)
+        lines = [time_to_dice.run_line(args, curve, machine, started) for curve in curves]
+        summary = time_to_dice.summary_line(args, curves, comparisons, checked, machine, started)
+        time_to_dice.append_lines(out, [*lines, summary])
+
+    curves, started, _ = time_to_dice.curves_from_lines(out)
+    assert started == "second" and curves == new  # the earlier invocation's run is left out
+    plot = tmp_path / "picture.png"
+    assert time_to_dice.main(["--replot", str(out), "--plot", str(plot)]) == 0
+    assert Image.open(plot).size[0] > 400
+    assert time_to_dice.main(["--replot", str(out)]) == 0  # beside the file, named by its runs
+    assert (tmp_path / "time-to-dice-resnet34_unet-64px.png").is_file()
+    (tmp_path / "other.jsonl").write_text(json.dumps({"bench": "something else"}) + "\n")
+    with pytest.raises(SystemExit, match="no time_to_dice summary line"):
+        time_to_dice.main(["--replot", str(tmp_path / "other.jsonl")])
+
+
+def test_the_dice_axis_starts_below_the_lowest_final_dice_on_a_005_step() -> None:
+    assert time_to_dice.axis_bottom([budgets((40, 400, 0.85)), epochs((500, 0.806))]) == 0.65
+    assert time_to_dice.axis_bottom([epochs((500, 0.10))]) == 0.0
+    assert time_to_dice.axis_bottom([epochs((500, 0.80))]) == pytest.approx(0.65)
+
+
+def test_without_data_or_replot_the_usage_says_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as refused:
+        time_to_dice.parse_args([])
+    assert refused.value.code == 2
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
