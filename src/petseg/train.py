@@ -358,7 +358,7 @@ def plan_epochs(run: Run, started: float) -> Run:
             )
         # The live estimate times epoch 1's steps: at half size, it needs the full size's too.
         low_res_left = config.recipe.low_res_epochs > run.state.start_epoch
-        return replace(run, planned=measure_epoch(run)) if low_res_left else run
+        return replace(run, planned=measure_epoch(run, files=False)) if low_res_left else run
     if run.world.is_main:
         print(f"time budget {duration_flag(budget_s)}: timing a few steps to choose the epochs")
     cost = measure_epoch(run)
@@ -376,10 +376,11 @@ def plan_epochs(run: Run, started: float) -> Run:
     return replace(run, config=chosen, schedule=schedule, planned=cost)
 
 
-def measure_epoch(run: Run) -> EpochCost:
-    """An epoch's cost: training steps and an epoch's files timed on copies of the model and the
-    optimizer, with every random state put back after, so that the run then trains exactly as
-    it would have unmeasured. Under torchrun, the processes' mean."""
+def measure_epoch(run: Run, files: bool = True) -> EpochCost:
+    """An epoch's cost: training steps (at both sizes with --progressive) and, with `files`, an
+    epoch's files, timed on copies of the model and the optimizer, with every random state put
+    back after, so that the run then trains exactly as it would have unmeasured. Under
+    torchrun, the processes' mean."""
     model, optimizer = copy.deepcopy((run.state.model, run.state.optimizer))
     scaler = torch.amp.GradScaler(run.world.device.type) if run.step.scaler is not None else None
     wrapped = compiled(distributed.wrap_model(model, run.world), run.config.compile)
@@ -394,7 +395,7 @@ def measure_epoch(run: Run) -> EpochCost:
             if run.config.recipe.progressive > 0
             else None
         )
-        save_s = time_epoch_files(probe) if run.world.is_main else 0.0
+        save_s = time_epoch_files(probe) if files and run.world.is_main else 0.0
     return EpochCost(
         distributed.mean_over_ranks(step_s, run.world),
         steps,
