@@ -48,6 +48,15 @@ def test_losses_that_diverged(model, train_loss, valid_loss, loss, reason) -> No
     assert divergence(train_loss, valid_loss, loss, model) == reason
 
 
+def test_a_half_size_epoch_is_judged_by_its_train_loss(model) -> None:
+    # validated at full size, a model trained at half size can show a huge valid loss
+    assert divergence(0.9, 65.2, "bce_dice", model, low_res=True) == ""
+    assert divergence(17.0, 0.9, "bce_dice", model, low_res=True) == (
+        "train loss 17, above 16.9, 10x the loss of predicting 0.5 everywhere"
+    )
+    assert divergence(0.9, math.nan, "bce", model, low_res=True) == "valid loss nan"
+
+
 def test_non_finite_weights_have_diverged(model) -> None:
     with torch.no_grad():
         next(model.parameters()).view(-1)[:3] = math.inf

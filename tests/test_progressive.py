@@ -5,6 +5,7 @@ price half-size epochs at their own measured steps."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from petseg.checkpoint import last_checkpoint_path
 from petseg.cli import main
 from petseg.config import from_plain, resolve_train_config, to_plain
 from petseg.errors import PetsegError
+from petseg.evaluate import evaluate_model
 from petseg.train import TrainStep, epoch_downscale, train_one_epoch
 
 CPU = torch.device("cpu")
@@ -143,6 +145,20 @@ def test_a_run_resumed_inside_a_half_size_epoch_trains_as_the_uninterrupted_one(
     full = tmp_path / "full.pt"
     assert main(train_args(data, full, "--epochs", "2")) == 0
     assert not all(torch.equal(one[key], weights(full)[key]) for key in one)
+
+
+def test_a_huge_valid_loss_after_a_half_size_epoch_is_not_divergence(
+    data, tmp_path, train_args, fails_with, monkeypatch
+) -> None:
+    # Validated at full size, a model trained at half size can score a valid loss far above
+    # the divergence limit while it trains well; only full-size epochs are judged by it.
+    def inflated(*args: object, **kwargs: object):
+        return replace(evaluate_model(*args, **kwargs), loss=65.0)
+
+    monkeypatch.setattr("petseg.train.evaluate_model", inflated)
+    flags = ("--progressive", "0.5", "--epochs", "2")
+    fails_with(train_args(data, tmp_path / "m.pt", *flags), "diverged in epoch 2 (valid loss 65")
+    fails_with(train_args(data, tmp_path / "n.pt", "--epochs", "2"), "diverged in epoch 1")
 
 
 # --- budgets and estimates ---------------------------------------------------------------------

@@ -689,7 +689,13 @@ def record_epoch(run: Run, epoch: int, row: dict[str, Any], scores: dict[str, An
     """Keep the epoch: the best checkpoint when it improved, history, curves, then the last
     checkpoint; then print the epoch's line. A diverged epoch stops the run unsaved."""
     state, world, config = run.state, run.world, run.config
-    diverged = divergence(row["train_loss"], row["valid_loss"], config.recipe.loss, state.model)
+    diverged = divergence(
+        row["train_loss"],
+        row["valid_loss"],
+        config.recipe.loss,
+        state.model,
+        low_res=epoch_downscale(config.recipe, epoch) > 1,
+    )
     if diverged:
         raise PetsegError(diverged_message(epoch, diverged, config.model_path))
     if not (epoch == state.start_epoch + 1 and state.partial.batches > 0):
