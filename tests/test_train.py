@@ -118,6 +118,67 @@ def test_gradients_finite(bad: float) -> None:
     assert not gradients_finite(model)
 
 
+def inf_gradient_on(model: nn.Module, bad_batches: set[int]) -> None:
+    """The first weight's gradient becomes infinite on the given (1-based) backward passes,
+    while the loss stays finite."""
+    calls = {"n": 0}
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return grad.fill_(float("inf")) if calls["n"] in bad_batches else grad
+
+    next(model.parameters()).register_hook(hook)
+
+
+@pytest.mark.parametrize("clip_grad", [0.0, 0.5])
+def test_a_step_with_finite_loss_but_non_finite_gradients_is_skipped(clip_grad: float) -> None:
+    model = tiny_model()
+    inf_gradient_on(model, {1, 2})
+    before = snapshot(model)
+    # Both steps skipped: their losses are finite but do not count (no step was taken).
+    assert math.isnan(run(model, nn.BCEWithLogitsLoss(), batches(2), clip_grad=clip_grad))
+    after = snapshot(model)
+    for key in before:
+        if "running" not in key:
+            assert torch.equal(before[key], after[key]), key
+
+
+def test_clipping_steps_exactly_as_clip_grad_norm_and_reads_the_norm_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = batches(3)
+    clipped = tiny_model()
+    norm_calls = {"n": 0}
+    real_norm = torch.linalg.vector_norm
+
+    def counting_norm(*args, **kwargs):
+        norm_calls["n"] += 1
+        return real_norm(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "vector_norm", counting_norm)
+    run(clipped, nn.BCEWithLogitsLoss(), data, clip_grad=0.05)
+    monkeypatch.undo()
+    # clip_grad_norm_ takes one norm of the per-tensor norms a step; a second pass over the
+    # gradients (gradients_finite) would add one norm per gradient.
+    assert norm_calls["n"] <= 3 * 2
+
+    torch.manual_seed(0)
+    reference = tiny_model()
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    loss_fn = nn.BCEWithLogitsLoss()
+    clipped_any = False
+    for images, masks in data:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(reference(images), masks).backward()
+        norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05)
+        clipped_any |= bool(norm > 0.05)
+        optimizer.step()
+    assert clipped_any  # the threshold is low enough to clip
+    expected, actual = snapshot(reference), snapshot(clipped)
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+
+
 def test_bf16_autocast_trains_and_evaluates_on_cpu() -> None:
     model = tiny_model()
     loss = run(model, nn.BCEWithLogitsLoss(), batches(2), precision="bf16")
