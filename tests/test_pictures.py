@@ -166,6 +166,22 @@ def test_the_loss_panel_names_the_loss_trained_with(loss: str, title: str) -> No
     assert loss_ax.get_title() == f"{title} loss per image"
 
 
+def test_half_size_epochs_are_shaded_and_their_valid_loss_does_not_flatten_the_curves() -> None:
+    # --progressive: epochs 1-2 at half size, validated at full size (a valid loss of 65)
+    history = [history_row(epoch) for epoch in range(1, 6)]
+    history[1]["valid_loss"] = 65.0
+    loss_ax, dice_ax, lr_ax = curves_figure(history, low_res_epochs=2).axes
+    low, high = loss_ax.get_ylim()
+    assert low == 0 and 0.7 < high < 1.0  # the largest other loss is epoch 1's 0.8
+    for ax in (loss_ax, dice_ax, lr_ax):
+        (span,) = ax.patches
+        assert span.get_x() == pytest.approx(0.5) and span.get_width() == pytest.approx(2)
+    assert "half size" in [text.get_text() for text in loss_ax.get_legend().get_texts()]
+    # without half-size epochs the same spike is on the axis, and nothing is shaded
+    plain = curves_figure(history).axes[0]
+    assert plain.get_ylim()[1] >= 65 and not plain.patches
+
+
 def test_a_one_epoch_run_draws_its_points_on_sane_axes() -> None:
     """One epoch of onecycle: the loss and Dice points sit mid-axis (not on a 0.95-1.05
     stretch), and the rate panel draws the schedule, not only its last step's 2e-09."""

@@ -25,6 +25,7 @@ from petseg.cli import main
 from petseg.config import from_plain, resolve_train_config, to_plain
 from petseg.errors import PetsegError
 from petseg.evaluate import evaluate_model
+from petseg.pictures import render_curves
 from petseg.train import TrainStep, epoch_downscale, train_one_epoch
 
 CPU = torch.device("cpu")
@@ -112,8 +113,16 @@ def test_a_progressive_run_says_which_epochs_are_half_size_and_estimates_both(
         raise AssertionError("a run without a budget wrote trial checkpoints to time them")
 
     monkeypatch.setattr("petseg.train.time_epoch_files", written)  # the estimate times steps only
+    shaded: list[int] = []
+
+    def curves(*args: object, low_res_epochs: int = 0, **kwargs: object) -> bytes:
+        shaded.append(low_res_epochs)
+        return render_curves(*args, low_res_epochs=low_res_epochs, **kwargs)
+
+    monkeypatch.setattr("petseg.train.render_curves", curves)
     argv = [*train_args(data, tmp_path / "m.pt", "--progressive", "0.5"), "--epochs", "4"]
     assert main(argv) == 0
+    assert shaded == [2, 2, 2, 2]  # every epoch's curves shade the two half-size epochs
     out = capsys.readouterr().out
     assert "epochs 1-2 at 16 px" in out  # the recipe line; the size is 32 px
     estimate = next(line for line in out.splitlines() if line.startswith("estimated:"))

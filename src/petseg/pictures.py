@@ -165,9 +165,29 @@ def render_curves(
     *,
     loss: str = "bce",
     learning_rates: Sequence[tuple[float, float]] = (),
+    low_res_epochs: int = 0,
 ) -> bytes:
     """PNG of the training curves (curves_figure)."""
-    return _png_bytes(curves_figure(history, loss=loss, learning_rates=learning_rates))
+    return _png_bytes(
+        curves_figure(
+            history, loss=loss, learning_rates=learning_rates, low_res_epochs=low_res_epochs
+        )
+    )
+
+
+def _loss_limits(
+    epochs: Sequence[int],
+    train_loss: Sequence[float],
+    valid_loss: Sequence[float],
+    low_res_epochs: int,
+) -> tuple[float, float]:
+    """The loss axis of a --progressive run: from 0 to a little above every loss but the
+    valid losses of its half-size epochs."""
+    full_size = [
+        value for value, epoch in zip(valid_loss, epochs, strict=True) if epoch > low_res_epochs
+    ]
+    finite = [value for value in [*train_loss, *full_size] if math.isfinite(value)]
+    return 0.0, 1.1 * max(finite, default=1.0)
 
 
 def curves_figure(
@@ -175,6 +195,7 @@ def curves_figure(
     *,
     loss: str = "bce",
     learning_rates: Sequence[tuple[float, float]] = (),
+    low_res_epochs: int = 0,
 ) -> Figure:
     """The training curves: train and valid loss, valid Dice, learning rate.
 
@@ -182,6 +203,9 @@ def curves_figure(
     loss: the --loss trained with, named in the loss panel's title.
     learning_rates: (epoch, rate) points along the schedule (schedules.schedule_points); without
     them, each epoch's last rate from the history.
+    low_res_epochs: how many first epochs trained at half size (--progressive). They are shaded,
+    and the loss axis ends above the other losses: validated at full size, such an epoch's
+    valid loss can be many times theirs (petseg.divergence) and would flatten the curves.
     """
     if not history:
         raise ValueError("no epochs to draw")
@@ -196,6 +220,12 @@ def curves_figure(
     loss_ax.plot(epochs, column("train_loss"), marker=marker, markersize=3, label="train")
     loss_ax.plot(epochs, column("valid_loss"), marker=marker, markersize=3, label="valid")
     loss_ax.set_title(f"{LOSS_TITLES.get(loss, loss)} loss per image", fontsize=9)
+    if low_res_epochs:
+        for ax in (loss_ax, dice_ax, lr_ax):
+            label = "half size" if ax is loss_ax else None
+            ax.axvspan(0.5, low_res_epochs + 0.5, color="0.92", zorder=0, label=label)
+        limits = _loss_limits(epochs, column("train_loss"), column("valid_loss"), low_res_epochs)
+        loss_ax.set_ylim(*limits)
     loss_ax.legend(fontsize=8)
 
     dice = column("valid_dice")

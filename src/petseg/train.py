@@ -732,7 +732,10 @@ def save_epoch_files(run: Run, epoch: int, checkpoint: dict[str, Any], improved:
         save_checkpoint(model_path, without_training_state(checkpoint))
     write_history(history_path(model_path), run.state.history)
     curves = render_curves(
-        run.state.history, loss=run.config.recipe.loss, learning_rates=run.schedule.points(epoch)
+        run.state.history,
+        loss=run.config.recipe.loss,
+        learning_rates=run.schedule.points(epoch),
+        low_res_epochs=run.config.recipe.low_res_epochs,
     )
     atomic_write_bytes(curves_path(model_path), curves)
     save_checkpoint(last_checkpoint_path(model_path), checkpoint)
