@@ -4,7 +4,8 @@ On one machine, one run after another, on the same image size and the official s
 trainval lines whose index % 10 != 0, test = test.txt, read by petseg.data), it trains
 
   petseg  petseg's default recipe for --model_type, through the same code path as `petseg train`
-          (petseg.cli.main), once per epoch budget in --budgets. A OneCycle run is not a prefix
+          (petseg.cli.main), once per epoch budget in --budgets (the ResNet34-UNet's default
+          trains budgets of up to 20 epochs with its short-run recipe, petseg.config.ShortRun). A OneCycle run is not a prefix
           of a longer one (its schedule spans the whole run), so petseg's curve is one point per
           budget, each a separate run from scratch: (its training seconds, the test Dice of the
           checkpoint that run hands over). Between budgets the curve is interpolated linearly.
@@ -448,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--budgets",
         type=int_list,
-        default=[5, 10, 20, 40],
-        help="petseg's epoch budgets, one run from scratch each (default 5,10,20,40)",
+        default=[5, 10, 15, 20, 40],
+        help="petseg's epoch budgets, one run from scratch each (default 5,10,15,20,40)",
     )
     add(
         "--reference_epochs",

@@ -201,3 +201,58 @@ def test_a_resume_without_model_type_takes_the_checkpoints_and_its_flags(
     # --stem is a resnet34_unet flag: resolved over the checkpoint, not over the unet preset
     config = flags_to_config("--stem", "deep", "--epochs", "3")
     assert config.model == stored.model and config.recipe.epochs == 3
+
+
+def short_run_flags(**flags: object) -> dict:
+    return {"model_type": "resnet34_unet", **flags}
+
+
+def test_a_run_of_at_most_20_epochs_trains_with_the_short_run_recipe() -> None:
+    preset = PRESETS["resnet34_unet"]
+    short = preset.short_run
+    assert short is not None and short.max_epochs == 20
+    config = resolve_train_config(short_run_flags(epochs=20))
+    assert config.short_run == "on"
+    assert config.recipe == replace(
+        preset.recipe, epochs=20, batch_size=8, progressive=0.5, augment="flip"
+    )
+    assert config.model == replace(preset.model, drop_path=0.0)
+    longer = resolve_train_config(short_run_flags(epochs=21))
+    assert longer.short_run == "off"
+    assert (longer.recipe, longer.model) == (replace(preset.recipe, epochs=21), preset.model)
+
+
+def test_a_given_flag_wins_over_the_short_run_recipe_and_the_choice_can_be_forced() -> None:
+    preset = PRESETS["resnet34_unet"]
+    config = resolve_train_config(short_run_flags(epochs=10, batch_size=4, drop_path=0.2))
+    assert (config.recipe.batch_size, config.model.drop_path) == (4, 0.2)
+    assert (config.recipe.progressive, config.recipe.augment) == (0.5, "flip")
+    off = resolve_train_config(short_run_flags(epochs=10, short_run="off"))
+    assert (off.short_run, off.recipe, off.model) == (
+        "off", replace(preset.recipe, epochs=10), preset.model,
+    )  # fmt: skip
+    on = resolve_train_config(short_run_flags(epochs=40, short_run="on"))
+    assert (on.short_run, on.recipe.batch_size, on.recipe.epochs) == ("on", 8, 40)
+
+
+def test_the_unet_has_no_short_run_recipe() -> None:
+    config = resolve_train_config({"model_type": "unet", "epochs": 5})
+    assert (config.short_run, config.recipe) == ("off", replace(PRESETS["unet"].recipe, epochs=5))
+    with pytest.raises(PetsegError, match="--short_run on: --model_type unet has no short-run"):
+        resolve_train_config({"model_type": "unet", "short_run": "on"})
+
+
+def test_a_resumed_run_keeps_its_short_run_choice() -> None:
+    stored = resolve_train_config(short_run_flags(epochs=3, model_path=Path("s.pt")))
+    assert stored.short_run == "on"
+    again = from_plain(json.loads(json.dumps(to_plain(stored))))
+    assert again == stored
+    longer = resolve_train_config({"epochs": 30}, again, Path("s.last.pt"))
+    assert (longer.short_run, longer.recipe.batch_size, longer.recipe.epochs) == ("on", 8, 30)
+    assert resolve_train_config({"short_run": "auto"}, again).short_run == "on"
+    with pytest.raises(PetsegError, match=r"s.last.pt: was started with --short_run on"):
+        resolve_train_config({"short_run": "off"}, again, Path("s.last.pt"))
+    # a checkpoint from before the short-run recipe: its run used the full one
+    plain = to_plain(resolve_train_config(short_run_flags(epochs=30)))
+    del plain["short_run"]
+    assert from_plain(plain).short_run == "off"

@@ -99,8 +99,11 @@ def test_training_records_the_model_types_batch_size_and_a_resume_keeps_its_own(
         return config["recipe"]["batch_size"]
 
     r34 = ("--model_type", "resnet34_unet", "--decoder_widths", "16,16,8,8,8", "--epochs", "1")
-    assert batch_size(tmp_path / "r34.pt", *r34) == 4
+    assert batch_size(tmp_path / "r34.pt", *r34, "--short_run", "off") == 4
     assert "strong augmentation, batch 4" in capsys.readouterr().out
+    # a run of at most 20 epochs trains with the short-run recipe
+    assert batch_size(tmp_path / "short.pt", *r34) == 8
+    assert "flip augmentation, batch 8" in capsys.readouterr().out
     # and the ResNet34-UNet's own clipping default, where the UNet's is 1.0
     r34_recipe = load_checkpoint(last_checkpoint_path(tmp_path / "r34.pt"))["config"]["recipe"]
     assert r34_recipe["clip_grad"] == 0.5
@@ -362,7 +365,7 @@ def test_a_lean_decoder_is_stored_and_rebuilt_by_evaluate(
         "decoder_widths": [16, 8, 8, 8, 4],
         "stem": "deep",
         "activation": "silu",
-        "drop_path": 0.1,
+        "drop_path": 0.0,  # a 1-epoch run: the short-run recipe's
         "deep_supervision": False,
     }
     output = tmp_path / "scores.json"

@@ -19,3 +19,4 @@ DIST_BACKENDS = ("auto", "nccl", "gloo")  # petseg.distributed, under torchrun
 STEMS = ("deep", "classic")  # the ResNet34 encoder's stem (petseg.models.resnet)
 ACTIVATIONS = ("relu", "silu")  # petseg.models.blocks
 UPSAMPLES = ("nearest", "transpose")  # the UNet decoder's upsampling (petseg.models.blocks)
+SHORT_RUN = ("auto", "on", "off")  # a preset's recipe for short runs (petseg.config.ShortRun)

@@ -209,6 +209,7 @@ def add_recipe_flags(group: Any) -> None:
     flag(group, "warmup_epochs", type=Number(float, "warmup_epochs"), metavar="EPOCHS")
     flag(group, "clip_grad", type=Number(float, "clip_grad"), metavar="MAX_NORM")
     flag(group, "progressive", type=Number(float, "progressive"), metavar="SHARE")
+    flag(group, "short_run", choices=choices.SHORT_RUN)
     flag(group, "loss", choices=choices.LOSSES)
     flag(group, "optimizer", choices=choices.OPTIMIZERS)
     flag(group, "scheduler", choices=choices.SCHEDULERS)

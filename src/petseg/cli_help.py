@@ -8,8 +8,28 @@ from petseg.config import (
     CPU_TIME_BUDGET_S,
     DEFAULT_NUM_WORKERS,
     DIST_TIMEOUT_S,
+    PRESETS,
     flag_default,
 )
+
+
+def short_run_help() -> str:
+    """--short_run's help, from the presets' ShortRun settings."""
+    recipes = "; ".join(
+        f"{model_type}: up to {preset.short_run.max_epochs} epochs, "
+        + " ".join(
+            f"--{flag} {value:g}" if isinstance(value, float) else f"--{flag} {value}"
+            for flag, value in preset.short_run.settings
+        )
+        for model_type, preset in PRESETS.items()
+        if preset.short_run is not None
+    )
+    return (
+        "the preset's recipe for short runs, where it reaches a better model sooner than the full "
+        f"one ({recipes}; flags given win): auto (default) for a run of at most that many epochs "
+        "without --time_budget, on, or off"
+    )
+
 
 # The --help of each flag; where a model type's preset sets it, its default is added.
 HELP = {
@@ -54,6 +74,7 @@ HELP = {
     "clip_grad": "clip the gradients' global L2 norm to MAX_NORM before each step; 0 = never",
     "progressive": "train the first SHARE of the epochs at half --image_size (each batch "
     "downscaled 2x after augmentation), the rest, and always the last, at full size; 0 = never",
+    "short_run": short_run_help(),
     "loss": "bce, soft Dice (per image), or their sum",
     "optimizer": "adamw = Adam with decoupled weight decay",
     "scheduler": "learning rate per step: constant; cosine (linear warmup, then decay to 1%% "

@@ -85,9 +85,21 @@ class RecipeConfig:
 
 
 @dataclass(frozen=True)
+class ShortRun:
+    """What a preset changes for a run too short for its full recipe: at most `max_epochs`
+    epochs, where larger batches, half-size epochs and less regularization reach a better model
+    sooner (docs/experiments.md, "Time to a good model"). `settings`: (flag, value) pairs, each
+    applied unless its flag is given."""
+
+    max_epochs: int
+    settings: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
 class Preset:
     model: ModelConfig
     recipe: RecipeConfig
+    short_run: ShortRun | None = None
 
 
 # The default recipe of each model type; every value was kept because it scored better on the
@@ -113,6 +125,10 @@ PRESETS: dict[str, Preset] = {
             image_size=256, epochs=50, batch_size=4, learning_rate=1e-3, loss="bce_dice",
             optimizer="adamw", weight_decay=1e-2, scheduler="onecycle", warmup_epochs=None,
             augment="strong", clip_grad=0.5, tune_threshold=False,
+        ),
+        ShortRun(
+            max_epochs=20,
+            settings=(("batch_size", 8), ("progressive", 0.5), ("drop_path", 0.0), ("augment", "flip")),
         ),
     ),
 }  # fmt: skip
@@ -145,6 +161,8 @@ class TrainConfig:
     # Seconds the run was to finish in: a new run chose recipe.epochs (at most the ones it was
     # given) from a measurement before its first epoch (petseg.budget); a resumed one keeps them.
     time_budget_s: float | None = None
+    # Whether the preset's short-run recipe (ShortRun) is in the settings: on or off.
+    short_run: str = "off"
 
 
 @dataclass(frozen=True)
@@ -283,6 +301,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     **{item.name: ("data", item.name) for item in fields(DataConfig)},
     **{name: ("", name) for name in ("model_path", "seed", "precision", "device", "compile")},
     "time_budget": ("", "time_budget_s"),
+    "short_run": ("", "short_run"),
 }
 # Where this process runs rather than what it trains: a resumed run takes them from the flags,
 # or their defaults, never from the checkpoint.
@@ -314,19 +333,53 @@ def resolve_train_config(
         base = TrainConfig(preset.model, preset.recipe, model_path, time_budget_s=budget)
     else:
         refuse_architecture_changes(flags, resumed, checkpoint or model_path)
+        refuse_short_run_change(flags, resumed, checkpoint or model_path)
         refuse_budget_change(flags, resumed, checkpoint or model_path)
         base = replace(resumed, model_path=model_path)
         for flag in MACHINE_FLAGS:
             base = with_flag(base, flag, flag_default(flag))
     config = base
     for flag, value in flags.items():
-        if flag != "model_type":
+        if flag not in ("model_type", "short_run"):
             config = with_flag(config, flag, value)
+    if resumed is None:
+        config = choose_short_run(config, flags)
     if resumed is not None and "time_budget" in flags:
         # The command that started a budget run again: its --epochs capped the epochs chosen.
         config = with_flag(config, "epochs", min(resumed.recipe.epochs, config.recipe.epochs))
     check_train_config(config)
     return config
+
+
+def choose_short_run(config: TrainConfig, flags: Mapping[str, Any]) -> TrainConfig:
+    """A new run with its preset's short-run settings (those of its flags not given) when
+    --short_run is on, or auto and the run has at most ShortRun.max_epochs epochs and no time
+    budget."""
+    choice = flags.get("short_run", "auto")
+    short = PRESETS[config.model.model_type].short_run
+    if short is None:
+        if choice == "on":
+            raise PetsegError(
+                f"--short_run on: --model_type {config.model.model_type} has no short-run recipe"
+            )
+        return replace(config, short_run="off")
+    if choice == "auto":
+        fits = config.time_budget_s is None and config.recipe.epochs <= short.max_epochs
+        choice = "on" if fits else "off"
+    if choice == "on":
+        return with_short_run(config, flags)
+    return replace(config, short_run=choice)
+
+
+def with_short_run(config: TrainConfig, flags: Mapping[str, Any]) -> TrainConfig:
+    """`config` with its preset's short-run settings in place of the preset's, where the flag
+    was not given."""
+    short = PRESETS[config.model.model_type].short_run
+    assert short is not None, config.model.model_type
+    for flag, value in short.settings:
+        if flag not in flags:
+            config = with_flag(config, flag, value)
+    return replace(config, short_run="on")
 
 
 def default_budget_applies(flags: Mapping[str, Any], on_cpu: bool) -> bool:
@@ -379,6 +432,20 @@ def refuse_architecture_changes(
                 f"{checkpoint}: was trained with --{flag} {shown(stored)}, not "
                 f"{shown(flags[flag])}; drop --{flag} to resume it, or pick another --model_path"
             )
+
+
+def refuse_short_run_change(
+    flags: Mapping[str, Any], resumed: TrainConfig, checkpoint: Path
+) -> None:
+    """A resumed run keeps the recipe it started with: --short_run asking for the other is
+    refused (auto is always accepted)."""
+    given = flags.get("short_run")
+    if given is None or given in ("auto", resumed.short_run):
+        return
+    raise PetsegError(
+        f"{checkpoint}: was started with --short_run {resumed.short_run}, which a resumed run "
+        "keeps; drop --short_run to resume it, or pick another --model_path"
+    )
 
 
 def refuse_budget_change(flags: Mapping[str, Any], resumed: TrainConfig, checkpoint: Path) -> None:
