@@ -49,6 +49,7 @@ def main() -> None:
             "--batch_size", str(args.batch_size), "--epochs", str(args.epochs),
             "--num_workers", args.num_workers, "--precision", args.precision,
             "--model_path", str(model_path), *(["--no_cache"] if args.no_cache else []),
+            "--short_run", "off",  # every epoch at full size, like the model-only rate
         ]  # fmt: skip
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         with model_path.with_name("bench.history.csv").open() as handle:

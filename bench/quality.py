@@ -81,9 +81,11 @@ def reference_model_flags(model_type: str) -> list[str]:
 
 
 def recipe_flags(recipe: str, model_type: str) -> list[str]:
-    """`petseg train` flags of a named recipe; the references also get the lab report's model."""
-    reference = reference_model_flags(model_type) if recipe != "default" else []
-    return [*RECIPES[recipe], *reference]
+    """`petseg train` flags of a named recipe; the references also get the lab report's model,
+    and never the default's short-run settings."""
+    if recipe == "default":
+        return list(RECIPES[recipe])
+    return [*RECIPES[recipe], *reference_model_flags(model_type), "--short_run", "off"]
 
 
 def code_version() -> str | None:

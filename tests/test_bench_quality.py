@@ -27,6 +27,9 @@ def test_the_references_train_the_lab_reports_resnet34_unet(flags_to_config, rec
     recipe_ = config.recipe
     assert (recipe_.loss, recipe_.optimizer, recipe_.batch_size) == ("bce", "adam", 16)
     assert config.recipe.clip_grad == 0.0  # the references never clip, whatever the default
+    # nor take the default's short-run settings in a short run
+    short = flags_to_config("--model_type", "resnet34_unet", "--epochs", "10", *flags)
+    assert (short.short_run, short.recipe.progressive, short.recipe.augment) == ("off", 0.0, "lab")
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import petseg.distributed
 import petseg.train
 from petseg.budget import (
     PLANNED_SHARE,
@@ -26,7 +27,7 @@ from petseg.budget import (
 )
 from petseg.checkpoint import last_checkpoint_path
 from petseg.cli import main
-from petseg.config import CPU_TIME_BUDGET_S, PRESETS, resolve_train_config
+from petseg.config import CPU_TIME_BUDGET_S, PRESETS, resolve_train_config, short_run_variant
 from petseg.errors import PetsegError
 from petseg.train import config_from_flags
 
@@ -174,18 +175,60 @@ def test_a_budget_run_trains_exactly_as_the_same_run_given_its_epochs(
     # a budget that one epoch overruns: 1 epoch chosen, of a cap of 3, so the schedule is
     # the 1-epoch one
     budget = tmp_path / "budget.pt"
-    assert (
-        main([*resnet_args(train_args, data, budget, "--time_budget", "0.01s"), "--epochs", "3"])
-        == 0
-    )
+    full = ("--short_run", "off")  # the full recipe, whose stochastic depth draws
+    argv = [*resnet_args(train_args, data, budget, "--time_budget", "0.01s"), "--epochs", "3"]
+    assert main([*argv, *full]) == 0
     out = capsys.readouterr().out
     assert "time budget 0.01s: 1 epoch of about" in out and "over the budget" in out
     assert torch.load(budget, weights_only=True)["config"]["recipe"]["epochs"] == 1
 
     given = tmp_path / "given.pt"
-    # --epochs 1 with the full recipe, which a budget run trains
-    assert main([*resnet_args(train_args, data, given), "--short_run", "off"]) == 0
+    assert main([*resnet_args(train_args, data, given), *full]) == 0  # --epochs 1
     assert_same_weights(budget, given)
+
+
+def test_a_budget_that_buys_few_epochs_trains_the_short_run_recipe_as_if_given_them(
+    data, tmp_path, train_args, capsys
+) -> None:
+    # 1 epoch of the full recipe fits (at most 20): the run starts again with the short-run
+    # recipe, measures it and chooses its own epochs, then trains as `--epochs 1` does (a given
+    # --drop_path keeps stochastic depth, whose draws would show a measurement's trace)
+    budget, given = tmp_path / "budget.pt", tmp_path / "given.pt"
+    depth = ("--drop_path", "0.1")
+    argv = [*resnet_args(train_args, data, budget, "--time_budget", "0.01s"), "--epochs", "3"]
+    assert main([*argv, *depth]) == 0
+    out = capsys.readouterr().out
+    switch = "short run: 1 epoch of the full recipe fit the budget (at most 20), so the short-run"
+    assert switch in out
+    assert out.index("timing a few steps") < out.index(switch) < out.rindex("timing a few steps")
+    recipe = "short-run recipe (--short_run off: the full one): "
+    assert recipe in out and "flip augmentation" in out.split(recipe)[1].splitlines()[0]
+    config = torch.load(budget, weights_only=True)["config"]
+    assert (config["short_run"], config["recipe"]["epochs"], config["recipe"]["augment"]) == (
+        "on", 1, "flip",
+    )  # fmt: skip
+    assert main([*resnet_args(train_args, data, given), *depth]) == 0  # --epochs 1: short too
+    assert torch.load(given, weights_only=True)["config"]["short_run"] == "on"
+    assert_same_weights(budget, given)
+
+
+def test_a_budget_that_buys_more_epochs_keeps_the_full_recipe() -> None:
+    flags = {"model_type": "resnet34_unet", "time_budget": 3600.0, "batch_size": 6}
+    config = resolve_train_config(flags)
+    preset = PRESETS["resnet34_unet"].recipe
+    assert config.short_run == "auto" and config.recipe == replace(preset, batch_size=6)
+    short = short_run_variant(config, flags)  # the given --batch_size wins over the short run's
+    assert short is not None and short.short_run == "on"
+    assert (short.recipe.batch_size, short.recipe.progressive, short.model.drop_path) == (6, 0.5, 0)
+    world = petseg.distributed.World(torch.device("cpu"))
+    for epochs, kept in ((21, "off"), (50, "off")):
+        chosen = replace(config, recipe=replace(config.recipe, epochs=epochs))
+        run = petseg.train.Run(chosen, world, None, None, None, None, None)  # type: ignore[arg-type]
+        settled = petseg.train.settle_short_run(run, short, started=0.0)
+        assert settled.config == replace(chosen, short_run=kept)
+    # the unet has no short-run recipe: its budget runs are settled at once
+    unet = resolve_train_config({"model_type": "unet", "time_budget": 60.0})
+    assert unet.short_run == "off" and short_run_variant(unet, {}) is None
 
 
 def test_a_budget_run_capped_by_its_epochs_trains_as_the_run_given_them(
@@ -288,6 +331,13 @@ def test_print_config_shows_the_budget_and_says_the_epochs_come_later(tmp_path, 
     captured = capsys.readouterr()
     assert json.loads(captured.out)["time_budget_s"] == 5400
     assert "time budget 1h30m: a new run chooses its epochs (at most 50) when training" in (
+        captured.err
+    )
+    argv = [*argv, "--model_type", "resnet34_unet"]
+    assert main([*argv, "--print_config"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["short_run"] == "auto"
+    assert "(at most 50), and the short-run recipe if they are few (--short_run auto)" in (
         captured.err
     )
 

@@ -31,6 +31,7 @@ from petseg.config import (
     EvaluateConfig,
     PredictConfig,
     TrainConfig,
+    short_run_variant,
     shown,
     to_plain,
 )
@@ -334,7 +335,8 @@ def run_train(args: argparse.Namespace) -> None:
     from petseg.train import config_from_flags, fit
     from petseg.train_state import resume_hint
 
-    settings = config_from_flags(given_train_flags(args))
+    flags = given_train_flags(args)
+    settings = config_from_flags(flags)
     if args.print_config:
         print(json.dumps(to_plain(settings), indent=2))
         if settings.time_budget_s is not None:
@@ -348,7 +350,7 @@ def run_train(args: argparse.Namespace) -> None:
     )
     try:
         with session as world, run_lock(settings.model_path, enabled=world.is_main):
-            fit(settings, world=world)
+            fit(settings, world=world, short_run=short_run_variant(settings, flags))
     except KeyboardInterrupt as interrupt:  # Ctrl-C or SIGTERM (errors.Terminated): keep which
         interrupt.args = (resume_hint(settings.model_path),)
         raise
@@ -357,9 +359,14 @@ def run_train(args: argparse.Namespace) -> None:
 def budget_note(config: TrainConfig) -> str:
     """What --print_config cannot show of a time budget: the epochs are chosen at run time."""
     budget = duration_flag(config.time_budget_s or 0)
+    recipe = (
+        ", and the short-run recipe if they are few (--short_run auto)"
+        if config.short_run == "auto"
+        else ""
+    )
     return (
         f"petseg train: time budget {budget}: a new run chooses its epochs (at most "
-        f"{config.recipe.epochs}) when training starts; a resumed run keeps its own"
+        f"{config.recipe.epochs}){recipe} when training starts; a resumed run keeps its own"
     )
 
 

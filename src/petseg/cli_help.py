@@ -27,7 +27,7 @@ def short_run_help() -> str:
     return (
         "the preset's recipe for short runs, where it reaches a better model sooner than the full "
         f"one ({recipes}; flags given win): auto (default) for a run of at most that many epochs "
-        "without --time_budget, on, or off"
+        "(with --time_budget: when the budget buys no more of the full recipe's), on, or off"
     )
 
 

@@ -161,7 +161,8 @@ class TrainConfig:
     # Seconds the run was to finish in: a new run chose recipe.epochs (at most the ones it was
     # given) from a measurement before its first epoch (petseg.budget); a resumed one keeps them.
     time_budget_s: float | None = None
-    # Whether the preset's short-run recipe (ShortRun) is in the settings: on or off.
+    # Whether the preset's short-run recipe (ShortRun) is in the settings: on, off, or auto
+    # while a new run's time budget has yet to choose (petseg.train.settle_short_run).
     short_run: str = "off"
 
 
@@ -353,8 +354,8 @@ def resolve_train_config(
 
 def choose_short_run(config: TrainConfig, flags: Mapping[str, Any]) -> TrainConfig:
     """A new run with its preset's short-run settings (those of its flags not given) when
-    --short_run is on, or auto and the run has at most ShortRun.max_epochs epochs and no time
-    budget."""
+    --short_run is on, or auto and the run has at most ShortRun.max_epochs epochs. With a time
+    budget, auto stays until the budget chooses (short_run_variant, petseg.train)."""
     choice = flags.get("short_run", "auto")
     short = PRESETS[config.model.model_type].short_run
     if short is None:
@@ -363,9 +364,8 @@ def choose_short_run(config: TrainConfig, flags: Mapping[str, Any]) -> TrainConf
                 f"--short_run on: --model_type {config.model.model_type} has no short-run recipe"
             )
         return replace(config, short_run="off")
-    if choice == "auto":
-        fits = config.time_budget_s is None and config.recipe.epochs <= short.max_epochs
-        choice = "on" if fits else "off"
+    if choice == "auto" and config.time_budget_s is None:
+        choice = "on" if config.recipe.epochs <= short.max_epochs else "off"
     if choice == "on":
         return with_short_run(config, flags)
     return replace(config, short_run=choice)
@@ -380,6 +380,14 @@ def with_short_run(config: TrainConfig, flags: Mapping[str, Any]) -> TrainConfig
         if flag not in flags:
             config = with_flag(config, flag, value)
     return replace(config, short_run="on")
+
+
+def short_run_variant(config: TrainConfig, flags: Mapping[str, Any]) -> TrainConfig | None:
+    """For a new run whose time budget is to choose between its preset's full and short-run
+    recipes (short_run auto): the same run with the short-run recipe. Else None."""
+    if config.short_run != "auto":
+        return None
+    return with_short_run(config, flags)
 
 
 def default_budget_applies(flags: Mapping[str, Any], on_cpu: bool) -> bool:

@@ -53,6 +53,7 @@ from petseg.checkpoint import (
     without_training_state,
 )
 from petseg.config import (
+    PRESETS,
     DataConfig,
     RecipeConfig,
     TrainConfig,
@@ -197,10 +198,17 @@ def config_from_flags(flags: dict[str, Any]) -> TrainConfig:
     return config
 
 
-def fit(config: TrainConfig, *, world: distributed.World | None = None) -> dict[str, Any]:
+def fit(
+    config: TrainConfig,
+    *,
+    world: distributed.World | None = None,
+    short_run: TrainConfig | None = None,
+) -> dict[str, Any]:
     """Train per `config`, resuming when its model_path exists. Returns the final summary.
 
     world: this process's place under torchrun (see petseg.distributed); default one process.
+    short_run: the same run with its preset's short-run recipe, for a new run whose time budget
+    chooses between the two (config.short_run auto; petseg.config.short_run_variant).
     """
     run_started = time.perf_counter()  # a time budget counts from here
     world = world or distributed.World(resolve_device(config.device))
@@ -214,14 +222,12 @@ def fit(config: TrainConfig, *, world: distributed.World | None = None) -> dict[
             f"{config.recipe.epochs}); nothing to do"
         )
         return {"best_dice": state.best_dice, "epochs": state.start_epoch}
-    data = make_data(config, world)
-    step = make_train_step(config, state, world)
-    schedule = make_schedule(config.recipe, data.steps_per_epoch)
-    planned = EpochCost(0.0, data.steps_per_epoch, time_validation(state.model, data, step))
-    run = plan_epochs(Run(config, world, state, data, step, schedule, planned), run_started)
+    run = plan_epochs(start_run(config, world, state), run_started)
+    if run.config.short_run == "auto":
+        run = settle_short_run(run, short_run, run_started)
     announce(run)
     with stop_requests_on_ctrl_c(enabled=not world.distributed) as stop_requested:
-        for epoch in range(state.start_epoch + 1, run.config.recipe.epochs + 1):
+        for epoch in range(run.state.start_epoch + 1, run.config.recipe.epochs + 1):
             started = time.perf_counter()
             progress = train_epoch(run, epoch, stop_requested)
             if progress.interrupted:
@@ -233,6 +239,39 @@ def fit(config: TrainConfig, *, world: distributed.World | None = None) -> dict[
             if stop_requested():  # Ctrl-C during validation: the epoch is saved whole
                 raise KeyboardInterrupt
     return finish(run)
+
+
+def start_run(
+    config: TrainConfig, world: distributed.World, state: TrainState | None = None
+) -> Run:
+    """The run's parts: the model and optimizer (`state`, else restored or new and seeded), the
+    loaders, the step, the schedule, and the validation's time for the estimates."""
+    if state is None:
+        seed_everything(config.seed)
+        state = restore_or_start(config, world.device)
+    data = make_data(config, world)
+    step = make_train_step(config, state, world)
+    schedule = make_schedule(config.recipe, data.steps_per_epoch)
+    planned = EpochCost(0.0, data.steps_per_epoch, time_validation(state.model, data, step))
+    return Run(config, world, state, data, step, schedule, planned)
+
+
+def settle_short_run(run: Run, short_run: TrainConfig | None, started: float) -> Run:
+    """A time budget run with --short_run auto, its epochs chosen for the full recipe: when
+    they are no more than the short-run recipe's limit, the run starts again with that recipe
+    (a better model in the same time, docs/experiments.md) and chooses its epochs anew; else
+    it keeps the full recipe."""
+    preset = PRESETS[run.config.model.model_type].short_run
+    epochs = run.config.recipe.epochs
+    if short_run is None or preset is None or epochs > preset.max_epochs:
+        return replace(run, config=replace(run.config, short_run="off"))
+    if run.world.is_main:
+        print(
+            f"short run: {plural(epochs, 'epoch')} of the full recipe fit the budget (at most "
+            f"{preset.max_epochs}), so the short-run recipe trains instead (--short_run off "
+            "keeps the full one)"
+        )
+    return plan_epochs(start_run(short_run, run.world), started)
 
 
 def prepare_folders_and_data(config: TrainConfig, world: distributed.World) -> None:
@@ -476,7 +515,9 @@ def announce(run: Run) -> None:
     )
     if config.data.num_workers is None:
         print(f"data loading: {data.workers} worker processes (--num_workers auto)")
-    print(f"recipe: {describe_recipe(config.recipe)}")
+    on = config.short_run == "on"
+    label = "short-run recipe (--short_run off: the full one)" if on else "recipe"
+    print(f"{label}: {describe_recipe(config.recipe)}")
     if world.distributed:
         batch = config.recipe.batch_size
         print(
