@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from petseg.choices import ACTIVATIONS
+from petseg.models.convs import Conv3x3
 
 
 def make_activation(name: str = "relu") -> nn.Module:
@@ -29,10 +30,10 @@ class DoubleConv(nn.Sequential):
     ) -> None:
         mid_channels = mid_channels or out_channels
         super().__init__(
-            nn.Conv2d(in_channels, mid_channels, kernel_size=3, padding=1, bias=False),
+            Conv3x3(in_channels, mid_channels),
             nn.BatchNorm2d(mid_channels),
             make_activation(activation),
-            nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            Conv3x3(mid_channels, out_channels),
             nn.BatchNorm2d(out_channels),
             make_activation(activation),
         )

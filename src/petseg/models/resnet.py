@@ -9,6 +9,7 @@ from torch import nn
 
 from petseg.choices import STEMS
 from petseg.models.blocks import make_activation
+from petseg.models.convs import Conv3x3
 
 
 class BasicBlock(nn.Module):
@@ -34,9 +35,9 @@ class BasicBlock(nn.Module):
         if not 0.0 <= drop_path < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
         self.drop_path = drop_path
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = Conv3x3(in_channels, out_channels, stride)
         self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.conv2 = Conv3x3(out_channels, out_channels)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.act = make_activation(activation)
         self.downsample: nn.Module = nn.Identity()
