@@ -115,8 +115,10 @@ def main() -> None:
               "precision": args.precision}  # fmt: skip
     for shape in conv_shapes(model, args.image_size, args.batch_size):
         ms = median_ms(weight_grad_functions(shape, args.batch_size, dtype), args.rounds, 5)
-        rows = args.batch_size * shape[2] ** 2
-        picked = "product" if rows <= convs.ROWS_PER_CHANNEL * shape[0] else "onednn"
+        example = torch.empty(args.batch_size, shape[0], shape[2], shape[2])
+        picked = (
+            "product" if convs.Conv3x3(*shape[:2]).gathers_weight_gradient(example) else "onednn"
+        )
         line = {**common, "conv": f"{shape[0]}->{shape[1]} at {shape[2]}x{shape[2]}",
                 "onednn_ms": round(ms["onednn"], 2), "product_ms": round(ms["product"], 2),
                 "conv3x3_picks": picked}  # fmt: skip

@@ -4,10 +4,10 @@ On a CPU oneDNN computes a convolution's weight gradient well on large maps and 
 small ones at the bottom of a network: a 512-channel 3x3 conv on the 4x4 maps of a batch of 8
 128-px images takes it 4-14 ms, though the work is one (512 x 128) @ (128 x 4608) product that
 takes under 1 ms (`bench/conv_weight_grad.py`). Such convs hold most of a ResNet34's weights,
-so in a short step their weight gradients cost more than their arithmetic. Where the batch's
-output pixels are at most half the input channels, Conv3x3 computes that gradient as the product
-of the output gradient with the input's patches, gathered channels last so that the product
-comes out in the weights' own channels_last layout. The forward pass and the input gradient
+so in a short step their weight gradients cost more than their arithmetic. Where a batch's
+output pixels are at most as many as the input channels, Conv3x3 computes that gradient as the
+product of the output gradient with the input's patches, gathered channels last so that the
+product comes out in the weights' own channels_last layout. The forward pass and the input gradient
 stay oneDNN's; elsewhere (a GPU, larger maps, eval, no gradient) it is nn.Conv2d.
 """
 
