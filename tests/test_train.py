@@ -17,7 +17,13 @@ from petseg.config import resolve_train_config
 from petseg.errors import PetsegError
 from petseg.evaluate import evaluate_model
 from petseg.models import build_model
-from petseg.train import TrainStep, gradients_finite, time_left, train_one_epoch
+from petseg.train import (
+    TrainStep,
+    gradients_finite,
+    time_left,
+    time_training_steps,
+    train_one_epoch,
+)
 from petseg.train_state import build_optimizer
 
 CPU = torch.device("cpu")
@@ -137,6 +143,23 @@ def test_a_step_with_finite_loss_but_non_finite_gradients_is_skipped(clip_grad: 
     before = snapshot(model)
     # Both steps skipped: their losses are finite but do not count (no step was taken).
     assert math.isnan(run(model, nn.BCEWithLogitsLoss(), batches(2), clip_grad=clip_grad))
+    after = snapshot(model)
+    for key in before:
+        if "running" not in key:
+            assert torch.equal(before[key], after[key]), key
+
+
+@pytest.mark.parametrize("clip_grad", [0.0, 0.5])
+def test_the_steps_timed_for_an_estimate_skip_non_finite_gradients(clip_grad: float) -> None:
+    """A half-size step can overflow where full-size ones do not; the steps timed before epoch 1
+    must skip it as training does, or they leave NaN weights behind."""
+    model = tiny_model()
+    inf_gradient_on(model, {1, 2})
+    before = snapshot(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    step = TrainStep(model, optimizer, nn.BCEWithLogitsLoss(), CPU, clip_grad=clip_grad,
+                     progress=False)  # fmt: skip
+    time_training_steps(step, batches(2), steps=2)
     after = snapshot(model)
     for key in before:
         if "running" not in key:

@@ -457,8 +457,9 @@ def time_training_steps(
     step.model.train()
     step_s = 0.0
     for images, masks in itertools.islice(loader, untimed + timed):
-        forward_backward(step, images, masks, downscale)
-        optimizer_step(step)
+        _, finite = forward_backward(step, images, masks, downscale)
+        if finite or step.scaler is not None:  # as train_one_epoch: skip a non-finite step
+            optimizer_step(step)
         synchronize(step.device)
         step_s = clock.tick() or step_s
     return step_s, timed
