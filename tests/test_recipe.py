@@ -60,18 +60,18 @@ def test_training_uses_and_records_the_model_types_augmentation_and_clipping(
     levels: list[str] = []
     caps: list[float] = []
     real = petseg.train.train_transform
-    real_clip = torch.nn.utils.clip_grad_norm_
+    real_clip = petseg.train.clip_gradients
 
     def spy(*args, augment: str, **kwargs):
         levels.append(augment)
         return real(*args, augment=augment, **kwargs)
 
-    def clip_spy(parameters, max_norm, *args, **kwargs):
+    def clip_spy(optimizer, parameters, max_norm):
         caps.append(max_norm)
-        return real_clip(parameters, max_norm, *args, **kwargs)
+        return real_clip(optimizer, parameters, max_norm)
 
     monkeypatch.setattr(petseg.train, "train_transform", spy)
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_spy)
+    monkeypatch.setattr(petseg.train, "clip_gradients", clip_spy)
     data = make_dataset(tmp_path / "pets")
     for extra, expected, clip in (
         ((), "lab", 1.0),

@@ -9,7 +9,7 @@ from __future__ import annotations
 MODEL_TYPES = ("unet", "resnet34_unet")  # petseg.models.MODELS
 LOSSES = ("bce", "dice", "bce_dice")  # petseg.losses
 SCHEDULERS = ("constant", "cosine", "onecycle")  # petseg.schedules
-OPTIMIZERS = ("adam", "adamw")  # petseg.train.build_optimizer
+OPTIMIZERS = ("adam", "adamw")  # petseg.optimizers.build_optimizer
 AUGMENTS = ("lab", "flip", "strong")  # petseg.data.transforms
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # petseg.runtime.resolve_precision
 DEVICES = ("auto", "cpu", "cuda")  # petseg.runtime.resolve_device
