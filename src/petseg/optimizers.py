@@ -35,6 +35,9 @@ class _DenseViews:
 
     _clip_divisor: torch.Tensor | None = None
 
+    # torch's step gathers a group's tensors for the kernel in _init_group, a private method;
+    # tests/test_optimizers.py pins the update to torch's and checks that no 4-d tensor is
+    # copied, so a torch that changed it fails there instead of training slower or wrong.
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps):  # type: ignore[no-untyped-def]
         has_complex = super()._init_group(  # type: ignore[misc]
             group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps
