@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 
 import torch
 
+from conv_weight_grad import median_ms  # bench/, beside this script
 from petseg.config import PRESETS, model_kwargs
 from petseg.losses import bce_dice_loss
 from petseg.models import build_model
 from petseg.optimizers import AdamW, clip_gradients
-from quality import environment  # bench/, beside this script
+from quality import environment
 
 IMPLEMENTATIONS = {
     "default": (torch.optim.AdamW, {}),
@@ -37,21 +37,6 @@ IMPLEMENTATIONS = {
     "petseg": (AdamW, {"fused": True}),
 }
 CLIP_NORM = 1e-3  # below the random gradients' norm: every step clips
-
-
-def median_ms(functions: dict[str, Callable[[], None]], steps: int, repeats: int) -> dict:
-    """Per function, the median over `repeats` interleaved rounds of the mean ms of `steps`
-    calls."""
-    for function in functions.values():
-        function()  # creates the optimizer state
-    runs: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            started = time.perf_counter()
-            for _ in range(steps):
-                function()
-            runs[name].append((time.perf_counter() - started) / steps * 1000)
-    return {name: sorted(values)[len(values) // 2] for name, values in runs.items()}
 
 
 def main() -> None:
@@ -70,7 +55,7 @@ def main() -> None:
         functions[name] = plain_step(args, kind, kwargs)
     functions["clip+fused"] = clipped_step(args, torch.optim.AdamW, torch_clip)
     functions["clip+petseg"] = clipped_step(args, AdamW, petseg_clip)
-    ms = median_ms(functions, args.steps, args.repeats)
+    ms = median_ms(functions, args.repeats, args.steps)
     common = {"bench": "optimizer_step", "model_type": args.model_type, "optimizer": "adamw",
               "channels_last": args.channels_last}  # fmt: skip
     for name, value in ms.items():
@@ -89,7 +74,7 @@ def main() -> None:
             for name, kind, clip in (("torch", torch.optim.AdamW, torch_clip),
                                      ("petseg", AdamW, petseg_clip))
         }  # fmt: skip
-        ms = median_ms(steps, 2, args.repeats)
+        ms = median_ms(steps, args.repeats, 2)
         print(json.dumps({**common, "train_step": f"{size} px, batch {batch}, bf16",
                           "ms_torch": round(ms["torch"], 1), "ms_petseg": round(ms["petseg"], 1),
                           "petseg_over_torch": round(ms["petseg"] / ms["torch"], 3),
